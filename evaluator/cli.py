@@ -1,0 +1,335 @@
+"""The ``sclzoo`` command line. Thin: it parses options, calls the library, prints, and maps errors to one line.
+
+Exit codes: 0 ok, 1 error (one line on stderr naming the bad value and the fix), 2 usage error.
+Set ``SCLZOO_DEBUG=1`` to see tracebacks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sclzoo.errors import (
+    ConfigError,
+    DatasetError,
+    HubError,
+    ModelLoadError,
+    ModelNotFoundError,
+    ResultError,
+    SclzooError,
+    UnknownNameError,
+)
+
+# One table maps error types to the label the user sees; messages themselves say what to do next.
+ERROR_LABELS: list[tuple[type[BaseException], str]] = [
+    (UnknownNameError, "unknown name"),
+    (ModelNotFoundError, "model not found"),
+    (ModelLoadError, "cannot load model"),
+    (HubError, "hub unreachable"),
+    (DatasetError, "dataset error"),
+    (ResultError, "result error"),
+    (ConfigError, "invalid configuration"),
+    (SclzooError, "error"),
+]
+
+EPILOG_MAIN = """\b
+Examples:
+  sclzoo ls models                         # the zoo: aliases, objectives, accuracy
+  sclzoo evaluate --model supcon-resnet8-mnist --n-samples 64
+  sclzoo evaluate --model org/name --revision v1 --preset standard
+  sclzoo leaderboard results/ --out leaderboard/
+  sclzoo train --config zoo/recipes/resnet8_cifar.ce_mnist5k.toml --export out/ce
+
+Set SCLZOO_DEBUG=1 to see tracebacks.
+"""
+
+
+def _split(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@click.group(epilog=EPILOG_MAIN, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="sclzoo")
+def cli() -> None:
+    """sclzoo: does the way a classifier is trained change how good its explanations are?
+
+    Train matched CE / SupCon / SimCLR checkpoints, package them as Hub repos, and score their feature
+    attributions (captum) with faithfulness, complexity and continuity metrics.
+    """
+
+
+# ----------------------------------------------------------------------------------------------------------- ls
+@cli.command("ls", epilog="""\b
+Examples:
+  sclzoo ls models
+  sclzoo ls metrics
+  sclzoo ls methods --json
+""")
+@click.argument("what", type=click.Choice(["models", "objectives", "methods", "metrics", "datasets",
+                                           "architectures"]), default="models")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def ls_cmd(what: str, as_json: bool) -> None:
+    """List a registry: models, objectives, methods, metrics, datasets or architectures."""
+    rows = _registry_rows(what)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    _print_table(rows)
+
+
+def _registry_rows(what: str) -> list[dict[str, Any]]:
+    if what == "models":
+        from sclzoo.zoo.hub import ZOO_DIR, registry_entries
+
+        rows = []
+        for e in registry_entries():
+            folder = ZOO_DIR / e["bundled"] if e.get("bundled") else None
+            acc = ""
+            if folder is not None and (folder / "training.json").is_file():
+                acc = f"{json.loads((folder / 'training.json').read_text())['accuracy']['torch']['test']:.4f}"
+            rows.append({"alias": e.get("alias", ""), "id": e["id"], "revision": e.get("revision", "main"),
+                         "objective": e.get("objective", ""), "test_acc": acc,
+                         "bundled": "yes" if folder is not None and folder.is_dir() else "no"})
+        return rows
+    if what == "objectives":
+        from sclzoo.zoo.losses import OBJECTIVES
+
+        return [{"name": n, "contrastive": o.contrastive, "variant": o.variant, "defaults": json.dumps(o.defaults)}
+                for n, o in OBJECTIVES.items()]
+    if what == "methods":
+        from sclzoo.evaluator.attributions import METHODS
+
+        return [{"name": n, "captum": s.captum, "defaults": json.dumps(s.defaults, default=str),
+                 "description": s.description} for n, s in METHODS.items()]
+    if what == "metrics":
+        from sclzoo.evaluator.metrics import METRICS, metric_cost
+
+        rows = []
+        for n, s in METRICS.items():
+            f, e = metric_cost(n)
+            rows.append({"name": n, "family": s.family, "better": "higher" if s.higher_is_better else "lower",
+                         "version": s.version, "cost": f"{f}F+{e}E", "defaults": json.dumps(s.defaults)})
+        return rows
+    if what == "datasets":
+        from sclzoo.zoo.data import DATASETS
+
+        return [{"name": n, "description": (fn.__doc__ or "").strip().splitlines()[0]} for n, fn in DATASETS.items()]
+    from sclzoo.zoo.models import ARCHITECTURES
+
+    return [{"name": n, **{k: str(v) for k, v in a.items()}} for n, a in ARCHITECTURES.items()]
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        click.echo("(none)")
+        return
+    cols = list(rows[0])
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols}
+    click.echo("  ".join(c.ljust(widths[c]) for c in cols).rstrip())
+    click.echo("  ".join("-" * widths[c] for c in cols))
+    for r in rows:
+        click.echo("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in cols).rstrip())
+
+
+# -------------------------------------------------------------------------------------------------------- train
+@cli.command("train", epilog="""\b
+Examples:
+  sclzoo train --config zoo/recipes/resnet8_cifar.supcon_mnist5k.toml --export zoo/models/resnet8_cifar.supcon_mnist5k
+  sclzoo train --config zoo/recipes/resnet8_cifar.ce_mnist5k.toml --epochs 1 --out /tmp/ck   # quick run
+  sclzoo train --config RECIPE --out /tmp/ck --resume                                        # continue
+""")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False),
+              help="Recipe TOML file (zoo/recipes/*.toml).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Checkpoint folder (epoch checkpoints for --resume, then the trained weights).")
+@click.option("--export", "export_dir", type=click.Path(file_okay=False), default=None,
+              help="Also export the zoo repo (config, safetensors, ONNX, card) into this folder.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from --out's last epoch checkpoint.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the recipe's epochs.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop each stage after N steps.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--data-dir", default=None, help="Where torchvision datasets live.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --export folder.")
+def train_cmd(config_path: str, out_dir: str | None, export_dir: str | None, resume: bool, epochs: int | None,
+              max_steps: int | None, device: str, data_dir: str | None, overwrite: bool) -> None:
+    """Train one zoo checkpoint from a recipe file."""
+    from sclzoo.zoo.recipe import load_recipe
+    from sclzoo.zoo.train import save_checkpoint, train
+
+    recipe = load_recipe(config_path)
+    ck = Path(out_dir) if out_dir else Path("checkpoints") / recipe.name
+    if export_dir and Path(export_dir).exists() and not overwrite:
+        raise ConfigError(f"export folder {export_dir!r} already exists; pass --overwrite or another --export")
+    out = train(recipe, ck, resume=resume, max_steps=max_steps, epochs=epochs, device=device, data_dir=data_dir)
+    save_checkpoint(out, ck)
+    acc = out.record["accuracy"]["torch"]
+    click.echo(f"trained {recipe.name}: test accuracy {acc['test']:.4f} (train {acc['train']:.4f}) in "
+               f"{out.record['wall_time_s']:.0f} s → {ck}")
+    if export_dir:
+        from sclzoo.zoo.export import export_repo
+
+        repo = export_repo(ck, export_dir, overwrite=overwrite)
+        click.echo(f"exported zoo repo → {repo}")
+
+
+# ------------------------------------------------------------------------------------------------------- export
+@cli.command("export", epilog="""\b
+Examples:
+  sclzoo export checkpoints/resnet8_cifar.ce_mnist5k --out zoo/models/resnet8_cifar.ce_mnist5k --overwrite
+""")
+@click.argument("checkpoint", type=click.Path(file_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Zoo repo folder to write.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing folder.")
+@click.option("--no-onnx", is_flag=True, help="Skip the ONNX export and its parity check.")
+def export_cmd(checkpoint: str, out_dir: str, overwrite: bool, no_onnx: bool) -> None:
+    """Package a trained checkpoint as a zoo repo (config.json, safetensors, ONNX, training.json, card)."""
+    from sclzoo.zoo.export import export_repo
+
+    repo = export_repo(checkpoint, out_dir, overwrite=overwrite, onnx=not no_onnx)
+    click.echo(f"exported zoo repo → {repo}")
+
+
+# ----------------------------------------------------------------------------------------------------- evaluate
+@cli.command("evaluate", epilog="""\b
+Examples:
+  sclzoo evaluate --model supcon-resnet8-mnist --n-samples 64
+  sclzoo evaluate --model zoo/models/resnet8_cifar.ce_mnist5k --methods saliency,gradcam --metrics sparseness
+  sclzoo evaluate --model org/name --revision v1 --preset quick --device cuda
+  sclzoo evaluate --model simclr-resnet8-mnist --dry-run        # print config and cost, run nothing
+""")
+@click.option("--model", "model_ref", required=True,
+              help="Zoo alias, model folder, local-dir:PATH, hf-hub:org/name or org/name.")
+@click.option("--revision", default=None, help="Hub branch, tag or commit (default main).")
+@click.option("--preset", type=click.Choice(["quick", "standard", "paper"]), default=None,
+              help="Number of images, methods and metrics (default: standard).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="Evaluation config TOML (keys of EvalConfig).")
+@click.option("--n-samples", type=click.IntRange(min=1), default=None, help="Explain the first N test images.")
+@click.option("--methods", default=None, help="Comma-separated attribution methods (sclzoo ls methods).")
+@click.option("--metrics", default=None, help="Comma-separated metrics (sclzoo ls metrics).")
+@click.option("--dataset", default=None, help="Dataset id (default: the model's own).")
+@click.option("--target", type=click.Choice(["predicted", "label"]), default=None,
+              help="Explain the predicted class (default) or the true label.")
+@click.option("--seed", type=int, default=None, help="Seed of all random draws (default 0).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per batch (default 64).")
+@click.option("--device", default=None, help="auto (default), cpu or cuda.")
+@click.option("--runtime", type=click.Choice(["torch", "onnx"]), default=None,
+              help="Runtime of forward-only work (accuracy).")
+@click.option("--out", "out_dir", default="results", show_default=True, type=click.Path(file_okay=False),
+              help="Results root folder.")
+@click.option("--force", is_flag=True, help="Recompute even if this (model commit, config) has a result.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved config and its cost; run nothing.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def evaluate_cmd(model_ref: str, revision: str | None, preset: str | None, config_file: str | None,
+                 n_samples: int | None, methods: str | None, metrics: str | None, dataset: str | None,
+                 target: str | None, seed: int | None, batch_size: int | None, device: str | None,
+                 runtime: str | None, out_dir: str, force: bool, dry_run: bool, quiet: bool) -> None:
+    """Explain a model's predictions and score the explanations; write a result JSON."""
+    from sclzoo.evaluator.api import build_config, evaluate
+
+    cfg = build_config(None, preset if preset or config_file else "standard", config_file, n_samples=n_samples,
+                       methods=_split(methods), metrics=_split(metrics), dataset=dataset, target=target, seed=seed,
+                       batch_size=batch_size, device=device, runtime=runtime)
+    if dry_run:
+        from sclzoo.evaluator.runner import estimate_cost, resolve_specs
+
+        methods_p, metrics_p = resolve_specs(cfg)
+        click.echo(json.dumps({"model": model_ref, "config": cfg.canonical(
+            {"dataset": cfg.dataset or "<model's dataset>", "methods": methods_p, "metrics": metrics_p}),
+            "cost": estimate_cost(cfg)}, indent=2, default=str))
+        return
+    res = evaluate(model_ref, revision=revision, out=out_dir, config=cfg, force=force, progress=not quiet,
+                   command=" ".join(["sclzoo", *sys.argv[1:]]))
+    d = res.data
+    if res.reused:
+        click.echo(f"result exists for this model commit and config (use --force to recompute): {res.path}")
+    acc = d["accuracy"]["torch"]
+    click.echo(f"{d['model']['id']} ({d['model']['objective']}) · accuracy {acc['value']:.4f} on {acc['n']} "
+               f"{d['dataset']['id']} {d['dataset']['split']} images · {d['dataset']['n_evaluated']} explained")
+    rows = []
+    for method, per in d["scores"].items():
+        for metric, a in per.items():
+            ci = a["ci95"]
+            rows.append({"method": method, "metric": metric, "family": a["family"],
+                         "better": "↑" if a["higher_is_better"] else "↓",
+                         "mean": "NaN" if a["mean"] is None else f"{a['mean']:.4f}",
+                         "95% CI": "–" if ci[0] is None else f"[{ci[0]:.4f}, {ci[1]:.4f}]",
+                         "n": a["n"], "n_nan": a["n_nan"]})
+    _print_table(rows)
+    if any(r["n_nan"] for r in rows):
+        click.echo("note: NaN scores (undefined for a sample, e.g. a constant map in a correlation) are counted in "
+                   "n_nan and left out of the aggregates.")
+    if res.path:
+        click.echo(f"result → {res.path}")
+
+
+# -------------------------------------------------------------------------------------------------- leaderboard
+@cli.command("leaderboard", epilog="""\b
+Examples:
+  sclzoo leaderboard results/ --out leaderboard/
+""")
+@click.argument("results_dir", type=click.Path(file_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--quiet", is_flag=True, help="Do not print the Markdown table.")
+def leaderboard_cmd(results_dir: str, out_dir: str, quiet: bool) -> None:
+    """Rank every result in RESULTS_DIR: leaderboard.json and LEADERBOARD.md."""
+    from sclzoo.evaluator.leaderboard import write_leaderboard
+
+    paths = write_leaderboard(results_dir, out_dir)
+    if not quiet:
+        click.echo(paths["markdown"].read_text())
+    click.echo(f"leaderboard → {paths['json']}, {paths['markdown']}")
+
+
+# ----------------------------------------------------------------------------------------------------- validate
+@cli.command("validate", epilog="""\b
+Examples:
+  sclzoo validate results/local__resnet8_cifar.ce_mnist5k/*/*.json
+""")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+def validate_cmd(files: tuple[str, ...]) -> None:
+    """Check result files against the shipped JSON Schema and their per-sample files."""
+    from sclzoo.evaluator.results import validate_result
+
+    bad = 0
+    for f in files:
+        problems = validate_result(f)
+        if problems:
+            bad += 1
+            click.echo(f"INVALID {f}")
+            for p in problems:
+                click.echo(f"  - {p}")
+        else:
+            click.echo(f"ok      {f}")
+    if bad:
+        raise ResultError(f"{bad} of {len(files)} result file(s) are invalid (see above)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: runs the CLI and turns sclzoo errors into one line and exit code 1."""
+    debug = os.environ.get("SCLZOO_DEBUG", "") not in ("", "0")
+    try:
+        cli.main(args=argv, prog_name="sclzoo", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except SclzooError as e:
+        if debug:
+            raise
+        label = next(lbl for typ, lbl in ERROR_LABELS if isinstance(e, typ))
+        click.echo(f"sclzoo: {label}: {e}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    sys.exit(0)

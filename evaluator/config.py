@@ -1,0 +1,220 @@
+"""The one frozen configuration of an evaluation run, and its canonical hash.
+
+Built from CLI options, a TOML config file (``--config eval.toml``), a preset, or Python kwargs; written verbatim
+into every result. The hash of its scoring-relevant part names the result file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from sclzoo.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["EvalConfig", "PRESETS", "load_config_file"]
+
+TARGETS = ("predicted", "label")
+RUNTIMES = ("torch", "onnx")
+# Execution-only settings: they change speed, never scores (per-sample seeding makes scores independent of
+# batching and device placement), so they are recorded but left out of the hash.
+EXECUTION_KEYS = ("batch_size", "device", "runtime")
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {
+        "n_samples": 32,
+        "methods": ("saliency", "integrated_gradients", "gradcam"),
+        "metrics": (
+            "faithfulness_correlation",
+            "deletion_auc",
+            "sparseness",
+            "complexity",
+            "max_sensitivity",
+        ),
+    },
+    "standard": {
+        "n_samples": 64,
+        "methods": ("saliency", "integrated_gradients", "gradcam"),
+        "metrics": (
+            "faithfulness_correlation",
+            "deletion_auc",
+            "insertion_auc",
+            "sparseness",
+            "complexity",
+            "effective_complexity",
+            "max_sensitivity",
+            "avg_sensitivity",
+        ),
+    },
+    "paper": {
+        "n_samples": 256,
+        "methods": (
+            "saliency",
+            "input_x_gradient",
+            "integrated_gradients",
+            "gradient_shap",
+            "deeplift",
+            "guided_backprop",
+            "smoothgrad",
+            "gradcam",
+            "occlusion",
+        ),
+        "metrics": (
+            "faithfulness_correlation",
+            "deletion_auc",
+            "insertion_auc",
+            "infidelity",
+            "sparseness",
+            "complexity",
+            "effective_complexity",
+            "max_sensitivity",
+            "avg_sensitivity",
+            "local_lipschitz_estimate",
+        ),
+    },
+}
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Everything that defines an evaluation.
+
+    Attributes:
+        dataset: Dataset id; None = the model's own training dataset (from its config).
+        split: Dataset split whose images are explained.
+        n_samples: Number of images (the first N of the split).
+        methods: Attribution method names.
+        metrics: Metric names.
+        method_params: Per-method parameter overrides ``{method: {param: value}}``.
+        metric_params: Per-metric parameter overrides.
+        target: ``predicted`` (explain the predicted class) or ``label`` (the true class).
+        seed: Global seed of every random draw (per-sample generators derive from it).
+        batch_size: Images per attribution batch (execution only).
+        device: ``auto``, ``cpu`` or ``cuda`` (execution only).
+        runtime: ``torch`` or ``onnx`` for forward-only work (execution only).
+    """
+
+    dataset: str | None = None
+    split: str = "test"
+    n_samples: int = 64
+    methods: tuple[str, ...] = PRESETS["standard"]["methods"]
+    metrics: tuple[str, ...] = PRESETS["standard"]["metrics"]
+    method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    metric_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    target: str = "predicted"
+    seed: int = 0
+    batch_size: int = 64
+    device: str = "auto"
+    runtime: str = "torch"
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ConfigError(f"target {self.target!r} is unknown; use one of {', '.join(TARGETS)}")
+        if self.runtime not in RUNTIMES:
+            raise ConfigError(f"runtime {self.runtime!r} is unknown; use one of {', '.join(RUNTIMES)}")
+        if isinstance(self.n_samples, bool) or not isinstance(self.n_samples, int) or self.n_samples < 1:
+            raise ConfigError(f"n_samples must be a positive integer, got {self.n_samples!r}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+        if not self.methods:
+            raise ConfigError("no attribution method selected; pass --methods (see `sclzoo ls methods`)")
+        if not self.metrics:
+            raise ConfigError("no metric selected; pass --metrics (see `sclzoo ls metrics`)")
+        for name in ("methods", "metrics"):
+            v = getattr(self, name)
+            if isinstance(v, str) or not all(isinstance(s, str) for s in v):
+                raise ConfigError(f"{name} must be a list of names, got {v!r}")
+            if len(set(v)) != len(v):
+                raise ConfigError(f"{name} lists a name twice: {list(v)}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "config") -> EvalConfig:
+        """Builds a config from a mapping (config file or kwargs), rejecting unknown keys and wrong types."""
+        d = dict(d)
+        preset = d.pop("preset", None)
+        base: dict[str, Any] = {}
+        if preset is not None:
+            if preset not in PRESETS:
+                raise ConfigError(f"preset {preset!r} is unknown in {where}; use one of {', '.join(PRESETS)}")
+            base = dict(PRESETS[preset])
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown key(s) {unknown} in {where}; known keys: {sorted(known | {'preset'})}"
+            )
+        base.update(d)
+        for k in ("methods", "metrics"):
+            if k in base:
+                v = base[k]
+                if isinstance(v, str):
+                    v = [s.strip() for s in v.split(",") if s.strip()]
+                if not isinstance(v, (list, tuple)):
+                    raise ConfigError(f"{where}: {k} must be a list of names, got {v!r}")
+                base[k] = tuple(v)
+        for k in ("method_params", "metric_params"):
+            if k in base and (
+                not isinstance(base[k], dict) or not all(isinstance(v, dict) for v in base[k].values())
+            ):
+                raise ConfigError(f"{where}: {k} must be a table of tables {{name: {{param: value}}}}")
+        for k, typ in (
+            ("dataset", (str, type(None))),
+            ("split", str),
+            ("target", str),
+            ("device", str),
+            ("runtime", str),
+        ):
+            if k in base and not isinstance(base[k], typ):
+                raise ConfigError(f"{where}: {k} must be a string, got {base[k]!r}")
+        return cls(**base)
+
+    def replace(self, **changes: Any) -> EvalConfig:
+        return replace(self, **changes)
+
+    def canonical(self, resolved: dict[str, Any]) -> dict[str, Any]:
+        """The config as recorded in a result: methods/metrics with their full resolved parameters.
+
+        Args:
+            resolved: ``{"dataset": id, "methods": {name: params}, "metrics": {name: {"version": v, **params}}}``.
+        """
+        return {
+            "dataset": resolved["dataset"],
+            "split": self.split,
+            "n_samples": self.n_samples,
+            "selection": "first_n",
+            "target": self.target,
+            "seed": self.seed,
+            "methods": resolved["methods"],
+            "metrics": resolved["metrics"],
+            "batch_size": self.batch_size,
+            "device": resolved.get("device", self.device),
+            "runtime": self.runtime,
+        }
+
+    @staticmethod
+    def hash_of(canonical: dict[str, Any]) -> str:
+        """sha256 of the canonical JSON of the scoring-relevant part of a canonical config."""
+        scoring = {k: v for k, v in canonical.items() if k not in EXECUTION_KEYS}
+        blob = json.dumps(scoring, sort_keys=True, separators=(",", ":"), allow_nan=False)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Reads an evaluation config TOML file into a mapping (validated by :meth:`EvalConfig.from_dict`)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        return tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {str(p)!r} is not valid TOML: {e}") from None

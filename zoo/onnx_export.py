@@ -1,0 +1,102 @@
+"""ONNX export of a zoo classifier, checked against PyTorch with onnxruntime.
+
+The graph takes ``pixels`` (N, C, H, W) float32 in [0, 1] with a dynamic batch and returns ``logits``; the
+normalisation is inside the graph because it is the model's first layer.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from sclzoo.errors import ModelLoadError
+
+__all__ = ["export_onnx", "export_onnx_checked", "onnx_session", "onnx_logits", "ONNX_TOLERANCE"]
+
+ONNX_TOLERANCE = 1e-4
+OPSET = 17
+
+
+def export_onnx(model: nn.Module, path: str | Path, input_size: tuple[int, int, int]) -> Path:
+    """Writes ``model`` (eval mode, CPU) as ONNX with a dynamic batch axis."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    dummy = torch.zeros(2, *input_size)
+    with warnings.catch_warnings():
+        # The TorchScript-based exporter is deterministic and needs no extra packages; its deprecation
+        # notice is not actionable for users.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model.eval(), (dummy,), str(p), input_names=["pixels"], output_names=["logits"],
+            dynamic_axes={"pixels": {0: "batch"}, "logits": {0: "batch"}}, opset_version=OPSET, dynamo=False,
+        )
+    return p
+
+
+def onnx_session(path: str | Path, device: str = "cpu", threads: int | None = None) -> Any:
+    """An onnxruntime session; uses the CUDA provider for ``cuda`` when onnxruntime-gpu is installed."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+    providers = ["CPUExecutionProvider"]
+    if device.startswith("cuda"):
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        else:
+            warnings.warn("onnxruntime has no CUDA provider (pip install 'sclzoo[gpu]'); running ONNX on the CPU",
+                          stacklevel=2)
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+        raise ModelLoadError(f"ONNX file {str(path)!r} cannot be loaded ({e}); re-export the repo with "
+                             "`sclzoo export`") from None
+
+
+def onnx_logits(session: Any, images: Tensor, batch_size: int = 256) -> Tensor:
+    """Runs (N, C, H, W) pixels through an onnxruntime session in batches. Returns (N, K) float32 logits."""
+    outs = []
+    for i in range(0, images.shape[0], batch_size):
+        xb = images[i : i + batch_size].detach().cpu().numpy().astype(np.float32)
+        outs.append(torch.from_numpy(session.run(["logits"], {"pixels": xb})[0]))
+    return torch.cat(outs)
+
+
+def export_onnx_checked(model: nn.Module, path: str | Path, images: Tensor, labels: Tensor) -> dict[str, Any]:
+    """Exports, then checks onnxruntime against PyTorch on real images.
+
+    Raises:
+        ModelLoadError: max |Δ logits| > 1e-4 or any argmax differs.
+
+    Returns:
+        The check record for training.json (max abs diff, argmax agreement, accuracies, timing).
+    """
+    model = model.eval().cpu()
+    input_size = tuple(int(s) for s in images.shape[1:])
+    t0 = time.time()
+    export_onnx(model, path, input_size)  # type: ignore[arg-type]
+    sess = onnx_session(path)
+    ort_logits = onnx_logits(sess, images)
+    with torch.no_grad():
+        pt_logits = torch.cat([model(images[i : i + 500]) for i in range(0, len(images), 500)])
+    max_diff = float((ort_logits - pt_logits).abs().max())
+    same_argmax = bool((ort_logits.argmax(1) == pt_logits.argmax(1)).all())
+    check = {
+        "runtime": "onnxruntime", "opset": OPSET, "n_images": len(images), "max_abs_diff_logits": max_diff,
+        "tolerance": ONNX_TOLERANCE, "argmax_identical": same_argmax,
+        "accuracy_torch": float((pt_logits.argmax(1) == labels).float().mean()),
+        "accuracy_onnx": float((ort_logits.argmax(1) == labels).float().mean()),
+        "passed": max_diff <= ONNX_TOLERANCE and same_argmax, "seconds": round(time.time() - t0, 3),
+    }
+    if not check["passed"]:
+        Path(path).unlink(missing_ok=True)
+        raise ModelLoadError(f"ONNX export does not match PyTorch: max |Δ logits| = {max_diff:.3g} "
+                             f"(tolerance {ONNX_TOLERANCE}), argmax identical = {same_argmax}")
+    return check

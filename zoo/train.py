@@ -1,0 +1,360 @@
+"""Trains one zoo checkpoint from a recipe: CE end to end, or contrastive pre-training + linear probe.
+
+The data flow is recipe → (this module) trained encoder/head/projector → :mod:`sclzoo.zoo.export` zoo repo.
+Every random draw (init, shuffling, augmentation) is a function of the recipe seed and the epoch, so a run
+resumed from an epoch checkpoint ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import platform
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from sclzoo.errors import ConfigError
+from sclzoo.zoo.augment import AugmentConfig, augment_batch
+from sclzoo.zoo.data import ImageDataset, load_dataset, stratified_split
+from sclzoo.zoo.losses import OBJECTIVES
+from sclzoo.zoo.models import ProjectionHead, encode
+from sclzoo.zoo.recipe import OptimConfig, Recipe
+
+__all__ = ["train", "TrainOutput", "resolve_device", "accuracy"]
+
+CHECKPOINT = "train_state.pt"
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` → CUDA when present, else CPU. Raises ConfigError for an unusable choice."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device!r} asked for CUDA but no GPU is visible; use --device cpu or auto")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ConfigError(f"--device {device!r} is unknown; use auto, cpu or cuda[:N]")
+    return torch.device(device)
+
+
+def _stage_seed(seed: int, stage: str, epoch: int) -> int:
+    digest = hashlib.sha256(f"{seed}/{stage}/{epoch}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def lr_at(cfg: OptimConfig, step: int, total: int, steps_per_epoch: int) -> float:
+    """Learning rate of optimisation step ``step`` (0-based) of ``total``."""
+    if cfg.schedule == "onecycle":
+        warm = max(1, int(cfg.warmup_frac * total))
+        if step < warm:
+            return cfg.lr * (0.04 + 0.96 * step / warm)
+        t = (step - warm) / max(1, total - warm)
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
+    if cfg.schedule == "cosine":
+        warm = cfg.warmup_epochs * steps_per_epoch
+        if step < warm:
+            return cfg.lr * (step + 1) / warm
+        t = (step - warm) / max(1, total - warm)
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
+    epoch = step // steps_per_epoch
+    return cfg.lr * cfg.step_gamma ** sum(epoch >= e for e in cfg.step_epochs)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int = 500) -> float:
+    """Top-1 accuracy of ``model`` (eval mode) on (N, C, H, W) pixels."""
+    model.eval()
+    device = next(model.parameters()).device
+    correct = 0
+    for i in range(0, len(labels), batch_size):
+        xb = images[i : i + batch_size].to(device).contiguous(memory_format=torch.channels_last)
+        correct += int((model(xb).argmax(1).cpu() == labels[i : i + batch_size]).sum())
+    return correct / max(1, len(labels))
+
+
+def _batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[Tensor]:
+    perm = torch.randperm(n, generator=gen)
+    # Drop the last incomplete batch: BatchNorm and contrastive losses want full batches.
+    for i in range(0, n - batch_size + 1 if n >= batch_size else 1, batch_size):
+        yield perm[i : i + batch_size]
+
+
+@dataclass
+class TrainOutput:
+    """What training produced, handed to the exporter."""
+
+    model: nn.Module
+    projector: nn.Module | None
+    recipe: Recipe
+    record: dict[str, Any]
+    test: ImageDataset
+
+
+def _save_state(path: Path, state: dict[str, Any]) -> None:
+    # Our own local checkpoint (never downloaded), written atomically so a kill never leaves half a file.
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _run_stage(
+    stage: str,
+    params: list[nn.Parameter],
+    step_fn: Any,
+    cfg: OptimConfig,
+    n_train: int,
+    seed: int,
+    state_path: Path,
+    modules: dict[str, nn.Module],
+    max_steps: int | None,
+    progress: bool,
+    resume_state: dict[str, Any] | None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Runs one optimisation stage; checkpoints after every epoch. Returns per-epoch logs."""
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, n_train // cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    start_epoch, history = 0, []
+    if resume_state is not None and resume_state["stage"] == stage:
+        opt.load_state_dict(resume_state["optimizer"])
+        start_epoch = resume_state["epoch"]
+        history = resume_state["history"]
+    step = start_epoch * steps_per_epoch
+    bar = tqdm(total=total, initial=step, desc=stage, unit="step", disable=not progress, dynamic_ncols=True)
+    for epoch in range(start_epoch, cfg.epochs):
+        gen = torch.Generator().manual_seed(_stage_seed(seed, stage, epoch))
+        t0, losses, correct, seen = time.time(), [], 0, 0
+        for idx in _batches(n_train, cfg.batch_size, gen):
+            for g in opt.param_groups:
+                g["lr"] = lr_at(cfg, step, total, steps_per_epoch)
+            loss, n_correct = step_fn(idx, gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            correct += n_correct
+            seen += len(idx)
+            step += 1
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.4f}",
+                            acc=f"{correct / seen:.3f}" if n_correct >= 0 else "-")
+            if max_steps is not None and step >= max_steps:
+                break
+        history.append({"epoch": epoch + 1, "loss": sum(losses) / max(1, len(losses)),
+                        "train_acc": correct / seen if correct >= 0 and seen else None,
+                        "seconds": round(time.time() - t0, 3)})
+        _save_state(state_path, {**(extra or {}), "stage": stage, "epoch": epoch + 1, "history": history,
+                                 "optimizer": opt.state_dict(),
+                                 "modules": {k: m.state_dict() for k, m in modules.items()}})
+        if max_steps is not None and step >= max_steps:
+            break
+    bar.close()
+    return {"history": history, "steps": step}
+
+
+def train(
+    recipe: Recipe,
+    work_dir: str | Path,
+    *,
+    resume: bool = False,
+    max_steps: int | None = None,
+    epochs: int | None = None,
+    device: str = "auto",
+    data_dir: str | None = None,
+    progress: bool = True,
+) -> TrainOutput:
+    """Trains the checkpoint ``recipe`` describes.
+
+    Args:
+        recipe: The recipe.
+        work_dir: Folder for the epoch checkpoint (``train_state.pt``), so an interrupted run can resume.
+        resume: Continue from ``work_dir``'s checkpoint instead of starting over.
+        max_steps: Stop each stage after this many optimisation steps (quick runs, tests).
+        epochs: Override the recipe's pre-training epochs (quick runs); recorded in the record.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        data_dir: Where torchvision datasets live.
+        progress: Show progress bars.
+
+    Returns:
+        The trained classifier (eval mode, CPU), the projector (contrastive only), and the training record.
+    """
+    objective = OBJECTIVES.get(recipe.objective)
+    loss_params = objective.params(recipe.loss)
+    if epochs is not None:
+        recipe = recipe.replace(optim=OptimConfig(**{**recipe.optim.__dict__, "epochs": epochs}))
+    dev = resolve_device(device)
+    t_start = time.time()
+    train_full = load_dataset(recipe.dataset, "train", data_dir)
+    test = load_dataset(recipe.dataset, "test", data_dir)
+    if recipe.val_size > 0:
+        tr_idx, val_idx = stratified_split(train_full.labels.numpy(), recipe.val_size, recipe.seed)
+    else:
+        tr_idx, val_idx = torch.arange(len(train_full)).numpy(), torch.arange(0).numpy()
+    x_train = train_full.images[tr_idx].to(dev)
+    y_train = train_full.labels[tr_idx].to(dev)
+    c = train_full.input_size[0]
+    num_classes = train_full.num_classes
+
+    torch.manual_seed(recipe.seed)
+    model = timm.create_model(
+        recipe.arch,
+        in_chans=c,
+        num_classes=0 if objective.contrastive else num_classes,
+        norm_mean=train_full.mean,
+        norm_std=train_full.std,
+        **recipe.model_args,
+    )
+    projector = None
+    if objective.contrastive:
+        d = int(model.num_features)
+        projector = ProjectionHead(d, recipe.projector_hidden or d, recipe.projector_dim)
+    model.to(dev).to(memory_format=torch.channels_last)
+    if projector is not None:
+        projector.to(dev)
+
+    work = Path(work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    state_path = work / CHECKPOINT
+    resume_state = None
+    if resume:
+        if not state_path.is_file():
+            raise ConfigError(f"--resume found no checkpoint at {state_path}; run without --resume to start")
+        try:
+            # weights_only=True: even our own checkpoint is loaded without unpickling arbitrary objects.
+            resume_state = torch.load(state_path, map_location=dev, weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint gets the same advice
+            raise ConfigError(f"checkpoint {state_path} is unreadable ({type(e).__name__}); delete it and "
+                              "train again without --resume") from None
+        for k, m in {"model": model, "projector": projector}.items():
+            if m is not None and k in resume_state["modules"]:
+                m.load_state_dict(resume_state["modules"][k])
+
+    def views(idx: Tensor, gen: torch.Generator, aug: AugmentConfig, n_views: int) -> Tensor:
+        xb = x_train[idx.to(dev)]
+        vs = [augment_batch(xb, aug, gen) for _ in range(n_views)]
+        return torch.cat(vs).contiguous(memory_format=torch.channels_last)
+
+    stages: dict[str, Any] = {}
+    pre_stage = "pretrain" if objective.contrastive else "train"
+    done_pre = resume_state is not None and resume_state["stage"] == "probe"
+    if not done_pre:
+        modules: dict[str, nn.Module] = {"model": model}
+        params = list(model.parameters())
+        if projector is not None:
+            modules["projector"] = projector
+            params += list(projector.parameters())
+
+        def pre_step(idx: Tensor, gen: torch.Generator) -> tuple[Tensor, int]:
+            model.train()
+            yb = y_train[idx.to(dev)]
+            if objective.contrastive:
+                assert projector is not None
+                xv = views(idx, gen, recipe.augment, recipe.views)
+                z = projector(encode(model, xv))  # (V*N, D), view-major
+                z = z.view(recipe.views, len(idx), -1).transpose(0, 1)  # (N, V, D)
+                return objective.loss(z, yb, **loss_params), -1
+            logits = model(views(idx, gen, recipe.augment, 1))
+            return objective.loss(logits, yb, **loss_params), int((logits.argmax(1) == yb).sum())
+
+        t0 = time.time()
+        stages[pre_stage] = _run_stage(pre_stage, params, pre_step, recipe.optim, len(tr_idx), recipe.seed,
+                                       state_path, modules, max_steps, progress, resume_state)
+        stages[pre_stage]["seconds"] = round(time.time() - t0, 2)
+    else:
+        assert resume_state is not None
+        stages[pre_stage] = {"history": resume_state["pre_history"], "resumed": True}
+
+    if objective.contrastive:
+        # Linear probe: frozen encoder (eval mode, so BatchNorm statistics stay fixed), new Linear head.
+        model.reset_classifier(num_classes)
+        model.to(dev)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in model.get_classifier().parameters():
+            p.requires_grad_(True)
+        if resume_state is not None and resume_state["stage"] == "probe":
+            model.load_state_dict(resume_state["modules"]["model"])
+        pre_history = stages[pre_stage]["history"]
+
+        def probe_step(idx: Tensor, gen: torch.Generator) -> tuple[Tensor, int]:
+            model.eval()
+            yb = y_train[idx.to(dev)]
+            with torch.no_grad():
+                h = encode(model, views(idx, gen, recipe.probe.augment, 1))
+            logits = model.get_classifier()(h)
+            return nn.functional.cross_entropy(logits, yb), int((logits.argmax(1) == yb).sum())
+
+        t0 = time.time()
+        probe_modules = {"model": model}
+        probe_resume = resume_state if resume_state is not None and resume_state["stage"] == "probe" else None
+        # The pre-training log rides along in the probe checkpoints so a resumed probe still reports it.
+        stages["probe"] = _run_stage("probe", list(model.get_classifier().parameters()), probe_step,
+                                     recipe.probe.optim, len(tr_idx), recipe.seed, state_path, probe_modules,
+                                     max_steps, progress, probe_resume, extra={"pre_history": pre_history})
+        stages["probe"]["seconds"] = round(time.time() - t0, 2)
+        for p in model.parameters():
+            p.requires_grad_(True)
+
+    model.eval()
+    x_val, y_val = train_full.images[val_idx], train_full.labels[val_idx]
+    acc = {
+        "train": accuracy(model, train_full.images[tr_idx], train_full.labels[tr_idx]),
+        "val": accuracy(model, x_val, y_val) if len(val_idx) else None,
+        "test": accuracy(model, test.images, test.labels),
+    }
+    model = model.cpu().to(memory_format=torch.contiguous_format)
+    if projector is not None:
+        projector = projector.cpu().eval()
+    record = {
+        "recipe": recipe.to_dict(),
+        "objective": {"name": objective.name, "variant": objective.variant, "params": loss_params},
+        "projector": ({"in_dim": int(model.num_features), "hidden_dim": recipe.projector_hidden
+                       or int(model.num_features), "out_dim": recipe.projector_dim, "normalised": True}
+                      if objective.contrastive else None),
+        "head": "linear_probe" if objective.contrastive else "ce_head",
+        "dataset": {"id": recipe.dataset, "split_sha256": train_full.split_sha256,
+                    "n_train": len(tr_idx), "n_val": len(val_idx), "n_test": len(test),
+                    "mean": list(train_full.mean), "std": list(train_full.std)},
+        "stages": stages,
+        "max_steps": max_steps,
+        "accuracy": {"torch": acc},
+        "wall_time_s": round(time.time() - t_start, 2),
+        "hardware": {"device": str(dev), "device_name": device_name(dev), "torch_threads": torch.get_num_threads(),
+                     "platform": platform.platform()},
+    }
+    return TrainOutput(model=model, projector=projector, recipe=recipe, record=record, test=test)
+
+
+def device_name(dev: torch.device) -> str:
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return platform.processor() or platform.machine()
+
+
+def save_checkpoint(out: TrainOutput, ckpt_dir: str | Path) -> Path:
+    """Writes a trained checkpoint folder (the input of ``sclzoo export``).
+
+    Layout: ``model.safetensors`` (classifier), ``projection_head.safetensors`` (contrastive only),
+    ``record.json`` (training record + what is needed to rebuild the model).
+    """
+    import json
+
+    from safetensors.torch import save_file
+
+    d = Path(ckpt_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in out.model.state_dict().items()}, str(d / "model.safetensors"))
+    if out.projector is not None:
+        save_file({k: v.contiguous() for k, v in out.projector.state_dict().items()},
+                  str(d / "projection_head.safetensors"))
+    (d / "record.json").write_text(json.dumps(out.record, indent=2, sort_keys=True) + "\n")
+    return d
