@@ -3,10 +3,15 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.sclzoo-installed
+# olah (a Hub mirror server) serves git repos on 127.0.0.1 for tests/test_hub.py; it pins its own deps, so it
+# gets its own virtualenv. It needs `git` on PATH.
+OLAH_VENV  ?= .venv-olah
+OLAH_STAMP := $(OLAH_VENV)/.olah-installed
 PYTEST  := $(BIN)/python -m pytest
 DEMO    ?= build/demo
 N       ?= 64
-ZOO     := resnet8_cifar.ce_mnist5k resnet8_cifar.supcon_mnist5k resnet8_cifar.simclr_mnist5k
+DEMO_ZOO := resnet8_cifar.ce_mnist5k resnet8_cifar.supcon_mnist5k resnet8_cifar.simclr_mnist5k
+ZOO     := $(DEMO_ZOO) resnet8_cifar.triplet_mnist5k
 DEMO_METHODS ?= saliency,integrated_gradients,gradcam
 DEMO_METRICS ?= faithfulness_correlation,deletion_auc,insertion_auc,sparseness,complexity,effective_complexity,max_sensitivity,avg_sensitivity
 
@@ -18,8 +23,10 @@ help:
 	@echo "make test      run the test suite (fast tests; 'make test-all' adds the slow ones)"
 	@echo "make lint      ruff + mypy"
 	@echo "make zoo       retrain and re-export the bundled zoo from zoo/recipes/"
+	@echo "make cards     re-render the model cards (README.md) of the bundled zoo from their data"
+	@echo "make cards-check  fail with a diff when a bundled model card drifted from its data"
 
-install: $(STAMP)
+install: $(STAMP) $(OLAH_STAMP)
 
 # Re-runs only when the project metadata changes; torch/torchvision are pinned in pyproject.toml.
 $(STAMP): pyproject.toml
@@ -28,9 +35,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+# The test Hub's read side (tests/hub_server.py); tests create it too when it is missing.
+$(OLAH_STAMP):
+	@command -v git >/dev/null 2>&1 || { echo "olah needs git: install it (e.g. apt-get install git)" >&2; exit 1; }
+	@test -x $(OLAH_VENV)/bin/python || $(PY) -m venv $(OLAH_VENV)
+	$(OLAH_VENV)/bin/pip install -q olah
+	@touch $(OLAH_STAMP)
+
 demo: install
 	@rm -rf $(DEMO)
-	@for m in $(ZOO); do \
+	@for m in $(DEMO_ZOO); do \
 	  echo "== evaluating $$m on $(N) images"; \
 	  $(BIN)/sclzoo evaluate --model zoo/models/$$m --n-samples $(N) --methods $(DEMO_METHODS) \
 	    --metrics $(DEMO_METRICS) --out $(DEMO)/results || exit 1; \
@@ -52,6 +66,12 @@ zoo: install
 	  $(BIN)/sclzoo train --config zoo/recipes/$$m.toml --out build/checkpoints/$$m \
 	    --export zoo/models/$$m --overwrite || exit 1; \
 	done
+
+cards: install
+	$(BIN)/python -m sclzoo.zoo.cards
+
+cards-check: install
+	$(BIN)/python -m sclzoo.zoo.cards --check
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache

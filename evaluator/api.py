@@ -210,6 +210,11 @@ def evaluate(
         "provenance": {"source": provenance_source, "verified": False},
     }
     if path is not None:
+        if output.example_maps:  # a few maps for the leaderboard's gallery; written before the result
+            from sclzoo.evaluator.results import write_maps
+
+            k = len(next(iter(output.example_maps.values())))
+            write_maps(path, output.example_maps, output.sample_ids[:k], images[:k].numpy())
         write_result(path, doc, samples_lines(output.sample_ids, output.labels, output.predictions,
                                               output.targets, output.scores))
     return Result(doc, path, output)

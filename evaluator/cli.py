@@ -167,16 +167,23 @@ def train_cmd(config_path: str, out_dir: str | None, export_dir: str | None, res
     ck = Path(out_dir) if out_dir else Path("checkpoints") / recipe.name
     if export_dir and Path(export_dir).exists() and not overwrite:
         raise ConfigError(f"export folder {export_dir!r} already exists; pass --overwrite or another --export")
-    out = train(recipe, ck, resume=resume, max_steps=max_steps, epochs=epochs, device=device, data_dir=data_dir)
-    save_checkpoint(out, ck)
-    acc = out.record["accuracy"]["torch"]
-    click.echo(f"trained {recipe.name}: test accuracy {acc['test']:.4f} (train {acc['train']:.4f}) in "
-               f"{out.record['wall_time_s']:.0f} s → {ck}")
-    if export_dir:
-        from sclzoo.zoo.export import export_repo
+    from sclzoo.zoo.distributed import shutdown
 
-        repo = export_repo(ck, export_dir, overwrite=overwrite)
-        click.echo(f"exported zoo repo → {repo}")
+    out = train(recipe, ck, resume=resume, max_steps=max_steps, epochs=epochs, device=device, data_dir=data_dir)
+    try:
+        if not out.dist.is_main:  # torchrun: rank 0 writes and reports
+            return
+        save_checkpoint(out, ck)
+        acc = out.record["accuracy"]["torch"]
+        click.echo(f"trained {recipe.name}: test accuracy {acc['test']:.4f} (train {acc['train']:.4f}) in "
+                   f"{out.record['wall_time_s']:.0f} s on {out.dist.world_size} process(es) → {ck}")
+        if export_dir:
+            from sclzoo.zoo.export import export_repo
+
+            repo = export_repo(ck, export_dir, overwrite=overwrite)
+            click.echo(f"exported zoo repo → {repo}")
+    finally:
+        shutdown(out.dist)
 
 
 # ------------------------------------------------------------------------------------------------------- export
@@ -310,6 +317,27 @@ def validate_cmd(files: tuple[str, ...]) -> None:
             click.echo(f"ok      {f}")
     if bad:
         raise ResultError(f"{bad} of {len(files)} result file(s) are invalid (see above)")
+
+
+# ------------------------------------------------------------------------------------------------------ publish
+@cli.command("publish", epilog="""\b
+Examples:
+  sclzoo publish zoo/models/resnet8_cifar.ce_mnist5k --repo my-org/resnet8_cifar.ce_mnist5k --tag v1
+  HF_TOKEN=hf_... sclzoo publish out/ce --repo my-org/ce-mnist --private --message "retrained, seed 1"
+  HF_ENDPOINT=http://127.0.0.1:8090 sclzoo publish out/ce --repo test-org/ce-mnist   # a mirror or test Hub
+""")
+@click.argument("repo_dir", type=click.Path(file_okay=False))
+@click.option("--repo", "repo_id", required=True, help="Hub repo id org/name (created if missing).")
+@click.option("--tag", default=None, help="Tag the new commit (e.g. v1); must not exist yet.")
+@click.option("--private", is_flag=True, help="Create the repo private (ignored if it exists).")
+@click.option("--message", default=None, help="Commit message (default: Publish <name> with sclzoo).")
+def publish_cmd(repo_dir: str, repo_id: str, tag: str | None, private: bool, message: str | None) -> None:
+    """Verify a zoo repo folder and upload it to the Hub as one commit (HF_TOKEN, HF_ENDPOINT)."""
+    from sclzoo.zoo.publish import publish
+
+    res = publish(repo_dir, repo_id, tag=tag, private=private, message=message)
+    click.echo(f"published {res.repo_id} commit {res.commit_sha}" + (f" (tag {res.tag})" if res.tag else ""))
+    click.echo(res.url)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,6 +24,8 @@ __all__ = ["EvalConfig", "PRESETS", "load_config_file"]
 
 TARGETS = ("predicted", "label")
 RUNTIMES = ("torch", "onnx")
+# How the evaluated images are picked from the split, and the name the canonical config records for each.
+SELECTIONS = {"first": "first_n", "stratified": "stratified"}
 # Execution-only settings: they change speed, never scores (per-sample seeding makes scores independent of
 # batching and device placement), so they are recorded but left out of the hash.
 EXECUTION_KEYS = ("batch_size", "device", "runtime")
@@ -90,7 +92,9 @@ class EvalConfig:
     Attributes:
         dataset: Dataset id; None = the model's own training dataset (from its config).
         split: Dataset split whose images are explained.
-        n_samples: Number of images (the first N of the split).
+        n_samples: Number of images.
+        selection: ``first`` (the first N images of the split) or ``stratified`` (a seeded subset with the same
+            number of images per class).
         methods: Attribution method names.
         metrics: Metric names.
         method_params: Per-method parameter overrides ``{method: {param: value}}``.
@@ -105,6 +109,7 @@ class EvalConfig:
     dataset: str | None = None
     split: str = "test"
     n_samples: int = 64
+    selection: str = "first"
     methods: tuple[str, ...] = PRESETS["standard"]["methods"]
     metrics: tuple[str, ...] = PRESETS["standard"]["metrics"]
     method_params: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -118,6 +123,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
             raise ConfigError(f"target {self.target!r} is unknown; use one of {', '.join(TARGETS)}")
+        if self.selection not in SELECTIONS:
+            raise ConfigError(f"selection {self.selection!r} is unknown; use one of {', '.join(SELECTIONS)}")
         if self.runtime not in RUNTIMES:
             raise ConfigError(f"runtime {self.runtime!r} is unknown; use one of {', '.join(RUNTIMES)}")
         if isinstance(self.n_samples, bool) or not isinstance(self.n_samples, int) or self.n_samples < 1:
@@ -170,13 +177,19 @@ class EvalConfig:
         for k, typ in (
             ("dataset", (str, type(None))),
             ("split", str),
+            ("selection", str),
             ("target", str),
             ("device", str),
             ("runtime", str),
         ):
             if k in base and not isinstance(base[k], typ):
                 raise ConfigError(f"{where}: {k} must be a string, got {base[k]!r}")
-        return cls(**base)
+        try:
+            return cls(**base)
+        except ConfigError as e:
+            if where in ("config", "options"):
+                raise
+            raise ConfigError(f"{where}: {e}") from None
 
     def replace(self, **changes: Any) -> EvalConfig:
         return replace(self, **changes)
@@ -185,13 +198,15 @@ class EvalConfig:
         """The config as recorded in a result: methods/metrics with their full resolved parameters.
 
         Args:
-            resolved: ``{"dataset": id, "methods": {name: params}, "metrics": {name: {"version": v, **params}}}``.
+            resolved: ``{"dataset": id, "methods": {name: params}, "metrics": {name: {"version": v, **params}}}``,
+                optionally ``"indices_sha256"`` (hash of the evaluated sample ids, so the config hash pins the
+                images) and ``"device"``.
         """
-        return {
+        canonical = {
             "dataset": resolved["dataset"],
             "split": self.split,
             "n_samples": self.n_samples,
-            "selection": "first_n",
+            "selection": SELECTIONS[self.selection],
             "target": self.target,
             "seed": self.seed,
             "methods": resolved["methods"],
@@ -200,6 +215,9 @@ class EvalConfig:
             "device": resolved.get("device", self.device),
             "runtime": self.runtime,
         }
+        if "indices_sha256" in resolved:
+            canonical["indices_sha256"] = resolved["indices_sha256"]
+        return canonical
 
     @staticmethod
     def hash_of(canonical: dict[str, Any]) -> str:

@@ -1,37 +1,104 @@
-"""The leaderboard: a pure function of a folder of result files.
+"""The leaderboard: a pure function of a folder of result files (artifacts.md §4).
 
-``build_leaderboard(results_dir)`` reads every ``*.json`` result (never the samples files' absence: a result with
-no samples is reported), groups rows by comparable configuration (metric, version and config hash must agree to be
-ranked together) and ranks models per metric. ``write_leaderboard`` writes ``leaderboard.json`` and
-``LEADERBOARD.md``; running it twice on the same folder gives byte-identical files.
+``build_leaderboard(results_dir)`` reads every result ``*.json`` and groups rows by comparable configuration:
+rows are ranked together only when their config hash agrees (the hash covers the dataset, images, target, seed
+and every method's and metric's parameters *and version*). Each group says why it is apart from the reference
+group (the one with the most models). ``write_leaderboard`` writes into one folder:
+
+- ``leaderboard.json``: groups and rows (one per model commit × method with every metric's mean, CI, n, n_nan and
+  rank, plus the mean rank per family);
+- ``leaderboard.csv`` (and ``leaderboard.parquet`` when pyarrow is installed): the same, one line per metric;
+- ``compare.json``: the objective comparison and claim check (:mod:`sclzoo.evaluator.compare`);
+- ``LEADERBOARD.md`` and ``index.html`` (static, no network assets, sortable tables) with the figures in ``img/``:
+  per-metric score distributions by objective, a rank heat-map and a gallery of example attribution maps.
+
+Results with a missing per-sample file or no stored maps are still ranked; they are left out of the figures and
+the comparison, and the page says so. Running it twice on the same folder gives byte-identical files.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import re
+from dataclasses import dataclass
+from importlib import util
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from sclzoo.errors import ResultError
-from sclzoo.evaluator.results import read_result
+from sclzoo.evaluator.compare import SampleScores, compare_records, from_result, objective_name
+from sclzoo.evaluator.config import EXECUTION_KEYS
+from sclzoo.evaluator.results import read_maps, read_result, read_samples
 
-__all__ = ["collect_rows", "build_leaderboard", "write_leaderboard", "format_markdown"]
+__all__ = ["LoadedResult", "load_results", "collect_rows", "build_leaderboard", "write_leaderboard",
+           "format_markdown", "CSV_COLUMNS"]
+
+FAMILY_ORDER = ["faithfulness", "complexity", "continuity", "randomisation"]
+GALLERY_SAMPLES = 6
+CSV_COLUMNS = ["config_hash", "dataset", "model", "name", "objective", "architecture", "commit_sha", "accuracy",
+               "n_evaluated", "method", "metric", "family", "higher_is_better", "version", "mean", "ci95_low",
+               "ci95_high", "n", "n_nan", "rank", "file"]
 
 
-def collect_rows(results_dir: str | Path) -> pd.DataFrame:
-    """One row per (result file, method, metric) with the aggregate score and what makes rows comparable."""
+@dataclass(frozen=True)
+class LoadedResult:
+    """One result file and what lies beside it.
+
+    Attributes:
+        file: Path relative to the results folder.
+        doc: The result document.
+        samples: Per-sample records, or None when the samples file is missing or corrupt.
+        maps: Stored example maps (:func:`~sclzoo.evaluator.results.read_maps`), or None.
+        problems: Why samples or maps could not be used.
+    """
+
+    file: str
+    doc: dict[str, Any]
+    samples: list[dict[str, Any]] | None
+    maps: dict[str, Any] | None
+    problems: tuple[str, ...] = ()
+
+
+def load_results(results_dir: str | Path) -> list[LoadedResult]:
+    """Every result under ``results_dir`` (sorted by path) with its per-sample scores and example maps."""
     root = Path(results_dir)
     if not root.is_dir():
         raise ResultError(f"results folder {str(root)!r} does not exist; run `sclzoo evaluate` first")
-    rows = []
+    out = []
     for f in sorted(root.rglob("*.json")):
         if f.name.startswith("."):
             continue
-        r = read_result(f)
-        if r.get("schema_version") != 1 or "scores" not in r:
+        doc = read_result(f)
+        if doc.get("schema_version") != 1 or "scores" not in doc:
             continue
+        problems = []
+        samples = maps = None
+        try:
+            samples = read_samples(f)
+        except ResultError as e:
+            problems.append(str(e))
+        try:
+            maps = read_maps(f)
+        except ResultError as e:
+            problems.append(str(e))
+        out.append(LoadedResult(str(f.relative_to(root).as_posix()), doc, samples, maps, tuple(problems)))
+    return out
+
+
+def _loaded(results: str | Path | list[LoadedResult]) -> list[LoadedResult]:
+    return results if isinstance(results, list) else load_results(results)
+
+
+def collect_rows(results: str | Path | list[LoadedResult]) -> pd.DataFrame:
+    """One row per (result file, method, metric) with the aggregate score and what makes rows comparable."""
+    rows = []
+    for lr in _loaded(results):
+        r = lr.doc
         for method, per_metric in r["scores"].items():
             for metric, agg in per_metric.items():
                 rows.append({
@@ -55,53 +122,9 @@ def collect_rows(results_dir: str | Path) -> pd.DataFrame:
                     "stderr": agg["stderr"],
                     "n": agg["n"],
                     "n_nan": agg["n_nan"],
-                    "file": str(f.relative_to(root)),
+                    "file": lr.file,
                 })
     return pd.DataFrame(rows)
-
-
-def build_leaderboard(results_dir: str | Path) -> dict[str, Any]:
-    """Ranks models per (config hash, method, metric, version) group.
-
-    Returns:
-        ``{"groups": [...], "rows": [...]}``: each row is one model × method in one comparable group with every
-        metric's mean, CI, n, n_nan and rank, plus the mean rank per family.
-    """
-    df = collect_rows(results_dir)
-    if df.empty:
-        return {"groups": [], "rows": []}
-    out_rows: list[dict[str, Any]] = []
-    groups = []
-    for (config_hash, dataset), g in df.groupby(["config_hash", "dataset"], sort=True):
-        g = g.copy()
-        # Rank within (method, metric, version): 1 = best, direction-aware; NaN means lose.
-        g["rank"] = 0.0
-        for _, sub in g.groupby(["method", "metric", "version"], sort=True):
-            asc = not bool(sub["higher_is_better"].iloc[0])
-            g.loc[sub.index, "rank"] = sub["mean"].rank(ascending=asc, method="min", na_option="bottom")
-        groups.append({"config_hash": config_hash, "dataset": dataset,
-                       "models": sorted(g["model"].unique().tolist()),
-                       "methods": sorted(g["method"].unique().tolist()),
-                       "metrics": sorted(g["metric"].unique().tolist())})
-        for (model, method), sub in g.groupby(["model", "method"], sort=True):
-            first = sub.iloc[0]
-            metrics = {}
-            for _, r in sub.sort_values("metric").iterrows():
-                metrics[r["metric"]] = {
-                    "family": r["family"], "higher_is_better": bool(r["higher_is_better"]),
-                    "version": int(r["version"]), "mean": _f(r["mean"]),
-                    "ci95": [_f(r["ci95_low"]), _f(r["ci95_high"])], "n": int(r["n"]), "n_nan": int(r["n_nan"]),
-                    "rank": int(r["rank"]),
-                }
-            fam_rank = sub.groupby("family")["rank"].mean().sort_index()
-            out_rows.append({
-                "config_hash": config_hash, "dataset": dataset, "model": model, "name": first["name"],
-                "objective": first["objective"], "architecture": first["architecture"],
-                "commit_sha": first["commit_sha"], "accuracy": _f(first["accuracy"]),
-                "n_evaluated": int(first["n_evaluated"]), "method": method, "metrics": metrics,
-                "mean_rank": {fam: round(float(v), 4) for fam, v in fam_rank.items()},
-            })
-    return {"groups": groups, "rows": out_rows}
 
 
 def _f(v: Any) -> float | None:
@@ -112,30 +135,190 @@ def _f(v: Any) -> float | None:
     return None if x != x else x
 
 
+def _family_key(f: str) -> tuple[int, str]:
+    return (FAMILY_ORDER.index(f) if f in FAMILY_ORDER else len(FAMILY_ORDER), f)
+
+
+def _scoring_config(doc: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in doc.get("config", {}).items() if k not in EXECUTION_KEYS}
+
+
+def _show(v: Any) -> str:
+    return "absent" if v is _MISSING else json.dumps(v, sort_keys=True, default=str)
+
+
+_MISSING = object()
+
+
+def config_differences(reference: dict[str, Any], other: dict[str, Any]) -> list[str]:
+    """What in ``other``'s scoring config differs from ``reference``'s, one short phrase per difference."""
+    out = []
+    for key in sorted(set(reference) | set(other)):
+        a, b = reference.get(key, _MISSING), other.get(key, _MISSING)
+        if key in ("methods", "metrics") and isinstance(a, dict) and isinstance(b, dict):
+            here, there = sorted(set(b) - set(a)), sorted(set(a) - set(b))
+            if here:
+                out.append(f"{key} only here: {', '.join(here)}")
+            if there:
+                out.append(f"{key} only in the reference group: {', '.join(there)}")
+            for name in sorted(set(a) & set(b)):
+                pa, pb = a[name], b[name]
+                for p in sorted(set(pa) | set(pb)):
+                    va, vb = pa.get(p, _MISSING), pb.get(p, _MISSING)
+                    if va != vb:
+                        label = f"{name} version" if p == "version" else f"{name}.{p}"
+                        out.append(f"{label} {_show(vb)} here vs {_show(va)}")
+        elif a != b:
+            out.append(f"{key} {_show(b)} here vs {_show(a)}")
+    return out
+
+
+def _row_label(row: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """Objective name when it is unique in the group, else the model name (with its commit when the model has
+    several commits in the group)."""
+    same = {(r["model"], r["commit_sha"]) for r in rows if r["objective"] == row["objective"]}
+    if len(same) == 1:
+        return objective_name(row["objective"])
+    commits = {c for m, c in same if m == row["model"]}
+    return f"{row['name']}@{row['commit_sha'][:7]}" if len(commits) > 1 else str(row["name"])
+
+
+def build_leaderboard(results_dir: str | Path | list[LoadedResult]) -> dict[str, Any]:
+    """Ranks models per (config hash, method, metric, version) group.
+
+    Returns:
+        ``{"groups": [...], "rows": [...], "notes": [...]}``: each row is one model commit × method in one
+        comparable group with every metric's mean, CI, n, n_nan and rank (1 = best, direction-aware; a missing
+        score ranks last), plus the mean rank per family. Each group lists its models, methods, metrics and
+        scoring config, and ``why_apart``: how its config differs from the reference group's. The reference group
+        (most models, then most rows, then config hash) comes first.
+    """
+    loaded = _loaded(results_dir)
+    df = collect_rows(loaded)
+    notes = [f"{lr.file}: {p}" for lr in loaded for p in lr.problems]
+    if df.empty:
+        return {"groups": [], "rows": [], "notes": notes}
+    configs = {lr.doc["config_hash"]: _scoring_config(lr.doc) for lr in reversed(loaded)}
+    out_rows: list[dict[str, Any]] = []
+    groups = []
+    for (config_hash, dataset), g in df.groupby(["config_hash", "dataset"], sort=True):
+        g = g.copy()
+        g["rank"] = 0.0
+        for _, sub in g.groupby(["method", "metric", "version"], sort=True):
+            asc = not bool(sub["higher_is_better"].iloc[0])
+            g.loc[sub.index, "rank"] = sub["mean"].rank(ascending=asc, method="min", na_option="bottom")
+        metric_info = {}
+        for metric, sub in g.groupby("metric", sort=True):
+            first = sub.iloc[0]
+            metric_info[metric] = {"family": first["family"], "higher_is_better": bool(first["higher_is_better"]),
+                                   "version": int(first["version"])}
+        cfg = configs.get(config_hash, {})
+        group_rows = []
+        for (model, commit, method), sub in g.groupby(["model", "commit_sha", "method"], sort=True):
+            first = sub.iloc[0]
+            metrics = {}
+            for _, r in sub.sort_values("metric").iterrows():
+                metrics[r["metric"]] = {
+                    "family": r["family"], "higher_is_better": bool(r["higher_is_better"]),
+                    "version": int(r["version"]), "mean": _f(r["mean"]),
+                    "ci95": [_f(r["ci95_low"]), _f(r["ci95_high"])], "n": int(r["n"]), "n_nan": int(r["n_nan"]),
+                    "rank": int(r["rank"]),
+                }
+            fam_rank = sub.groupby("family")["rank"].mean()
+            group_rows.append({
+                "config_hash": config_hash, "dataset": dataset, "model": model, "name": first["name"],
+                "objective": first["objective"], "architecture": first["architecture"],
+                "commit_sha": commit, "accuracy": _f(first["accuracy"]),
+                "n_evaluated": int(first["n_evaluated"]), "method": method, "metrics": metrics,
+                "mean_rank": {fam: round(float(fam_rank[fam]), 4) for fam in sorted(fam_rank.index, key=_family_key)},
+                "file": first["file"],
+            })
+        for r in group_rows:
+            r["label"] = _row_label(r, group_rows)
+        groups.append({
+            "config_hash": config_hash, "dataset": dataset,
+            "models": sorted({f"{r['model']}@{r['commit_sha']}" for r in group_rows}),
+            "methods": sorted(g["method"].unique().tolist()),
+            "metrics": sorted(metric_info, key=lambda m: (_family_key(metric_info[m]["family"]), m)),
+            "metric_info": metric_info,
+            "families": sorted({v["family"] for v in metric_info.values()}, key=_family_key),
+            "config": cfg,
+            "n_rows": len(group_rows),
+        })
+        out_rows += group_rows
+    groups.sort(key=lambda gr: (-len(gr["models"]), -gr["n_rows"], gr["config_hash"], gr["dataset"]))
+    ref = groups[0]
+    for i, gr in enumerate(groups):
+        gr["id"] = f"g{i + 1}"
+        if i == 0:
+            gr["why_apart"] = []
+            continue
+        diffs = config_differences(ref["config"], gr["config"])
+        if not diffs:
+            diffs = [f"config hash {gr['config_hash'][:12]} ≠ {ref['config_hash'][:12]} although the recorded "
+                     "scoring configs agree (results written by another sclzoo version)"]
+        gr["why_apart"] = diffs
+    order = {(gr["config_hash"], gr["dataset"]): i for i, gr in enumerate(groups)}
+    out_rows.sort(key=lambda r: (order[(r["config_hash"], r["dataset"])], r["method"], r["objective"], r["model"],
+                                 r["commit_sha"]))
+    return {"groups": groups, "rows": out_rows, "notes": notes}
+
+
+def group_rows(board: dict[str, Any], group: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of one group, in board order."""
+    return [r for r in board["rows"] if r["config_hash"] == group["config_hash"] and r["dataset"] == group["dataset"]]
+
+
 def _fmt(v: float | None) -> str:
     return "NaN" if v is None else f"{v:.4g}"
 
 
-def format_markdown(board: dict[str, Any]) -> str:
-    """The leaderboard as Markdown tables, one per comparable group and method."""
+def why_apart_text(group: dict[str, Any], reference: dict[str, Any]) -> str:
+    """One sentence: why a group is ranked apart from the reference group."""
+    if not group["why_apart"]:
+        return "Reference group (most models)."
+    return (f"Ranked apart from group {reference['id']} (config `{reference['config_hash'][:12]}`) because the "
+            f"evaluation config differs: {'; '.join(group['why_apart'])}.")
+
+
+def _config_line(cfg: dict[str, Any]) -> str:
+    keys = ("dataset", "split", "n_samples", "selection", "target", "seed")
+    return " · ".join(f"{k} {cfg[k]}" for k in keys if k in cfg)
+
+
+def format_markdown(board: dict[str, Any], comparison: dict[str, Any] | None = None,
+                    figures: dict[str, dict[str, str]] | None = None) -> str:
+    """The leaderboard as Markdown: per group its config, why it is apart, figures and one table per method,
+    then the objective comparison and claim check."""
+    from sclzoo.evaluator.compare import format_markdown as compare_markdown
+
     lines = ["# sclzoo attribution leaderboard", ""]
     if not board["rows"]:
         return "\n".join([*lines, "No results yet: run `sclzoo evaluate`.", ""])
+    lines += ["Rows are ranked only against rows with the same config hash (same images, target, seed, metric "
+              "versions and parameters). Arrows give the better direction; rank 1 is best; a missing score ranks "
+              "last. Cells: mean (#rank, NaN count when any).", ""]
+    ref = board["groups"][0]
     for grp in board["groups"]:
-        rows = [r for r in board["rows"] if r["config_hash"] == grp["config_hash"] and r["dataset"] == grp["dataset"]]
-        lines += [f"## {grp['dataset']} · config `{grp['config_hash'][:12]}`", "",
-                  "Rows are ranked only against rows with the same config hash and metric version. "
-                  "Arrows give the better direction; rank 1 is best.", ""]
+        rows = group_rows(board, grp)
+        lines += [f"## Group {grp['id']}: {grp['dataset']} · config `{grp['config_hash'][:12]}`", "",
+                  why_apart_text(grp, ref), "", f"Config: {_config_line(grp['config'])}.", ""]
+        figs = (figures or {}).get(grp["id"], {})
+        lines += [f"![{kind}]({figs[kind]})" for kind in ("distributions", "ranks", "gallery") if kind in figs]
+        if figs:
+            lines.append("")
         metrics = grp["metrics"]
+        info = grp["metric_info"]
+        fams = grp["families"]
         for method in grp["methods"]:
-            mrows = sorted((r for r in rows if r["method"] == method), key=lambda r: (r["objective"], r["model"]))
+            mrows = [r for r in rows if r["method"] == method]
             if not mrows:
                 continue
-            arrows = {m: ("↑" if mrows[0]["metrics"].get(m, {}).get("higher_is_better", True) else "↓")
-                      for m in metrics}
             lines += [f"### {method}", "",
-                      "| model | objective | acc | " + " | ".join(f"{m} {arrows[m]}" for m in metrics) + " |",
-                      "|---|---|---|" + "---|" * len(metrics)]
+                      "| model | objective | commit | acc | "
+                      + " | ".join(f"{m} {'↑' if info[m]['higher_is_better'] else '↓'}" for m in metrics)
+                      + " | " + " | ".join(f"mean rank {f}" for f in fams) + " |",
+                      "|---|---|---|---|" + "---|" * (len(metrics) + len(fams))]
             for r in mrows:
                 cells = []
                 for m in metrics:
@@ -145,17 +328,139 @@ def format_markdown(board: dict[str, Any]) -> str:
                         continue
                     nan = f", {s['n_nan']} NaN" if s["n_nan"] else ""
                     cells.append(f"{_fmt(s['mean'])} (#{s['rank']}{nan})")
-                lines.append(f"| {r['name']} | {r['objective']} | {r['accuracy']:.3f} | " + " | ".join(cells) + " |")
+                fam_cells = [f"{r['mean_rank'][f]:.2f}" if f in r["mean_rank"] else "–" for f in fams]
+                acc = "–" if r["accuracy"] is None else f"{r['accuracy']:.3f}"
+                lines.append(f"| {r['name']} | {r['objective']} | `{r['commit_sha'][:7]}` | {acc} | "
+                             + " | ".join(cells + fam_cells) + " |")
             lines.append("")
+    if comparison is not None:
+        lines += [compare_markdown(comparison).rstrip("\n"), ""]
+    if board.get("notes"):
+        lines += ["## Notes", ""] + [f"- {n}" for n in board["notes"]] + [""]
     return "\n".join(lines)
 
 
+def csv_rows(board: dict[str, Any]) -> list[dict[str, Any]]:
+    """The board flattened to one record per (row, metric), columns :data:`CSV_COLUMNS`."""
+    out = []
+    for r in board["rows"]:
+        for metric, s in r["metrics"].items():
+            out.append({"config_hash": r["config_hash"], "dataset": r["dataset"], "model": r["model"],
+                        "name": r["name"], "objective": r["objective"], "architecture": r["architecture"],
+                        "commit_sha": r["commit_sha"], "accuracy": r["accuracy"], "n_evaluated": r["n_evaluated"],
+                        "method": r["method"], "metric": metric, "family": s["family"],
+                        "higher_is_better": s["higher_is_better"], "version": s["version"], "mean": s["mean"],
+                        "ci95_low": s["ci95"][0], "ci95_high": s["ci95"][1], "n": s["n"], "n_nan": s["n_nan"],
+                        "rank": s["rank"], "file": r["file"]})
+    return out
+
+
+def format_csv(board: dict[str, Any]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for rec in csv_rows(board):
+        w.writerow({k: ("" if v is None else repr(v) if isinstance(v, float) else v) for k, v in rec.items()})
+    return buf.getvalue()
+
+
+def _records(loaded: list[LoadedResult]) -> list[SampleScores]:
+    return [from_result(lr.doc, lr.samples, lr.file) for lr in loaded if lr.samples is not None]
+
+
+def _safe(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", s)
+
+
+def render_figures(board: dict[str, Any], loaded: list[LoadedResult]) -> dict[str, dict[str, bytes]]:
+    """PNG bytes per group: ``{group id: {"distributions" | "ranks" | "gallery": png}}`` (only what has data)."""
+    from sclzoo.evaluator import plots
+
+    by_file = {lr.file: lr for lr in loaded}
+    out: dict[str, dict[str, bytes]] = {}
+    for grp in board["groups"]:
+        rows = group_rows(board, grp)
+        figs: dict[str, bytes] = {}
+        info = grp["metric_info"]
+        # One entry per result (model commit) of the group, in row order.
+        members: list[tuple[str, dict[str, Any]]] = []
+        for r in rows:
+            if r["file"] not in [f for f, _ in members]:
+                members.append((r["file"], r))
+        members.sort(key=lambda fr: (fr[1]["objective"], fr[1]["model"], fr[1]["commit_sha"]))
+        series = []
+        for f, r in members:
+            lr = by_file[f]
+            if lr.samples is None:
+                continue
+            rec = from_result(lr.doc, lr.samples, f)
+            series.append({"label": r["label"], "objective": r["objective"], "values": rec.scores})
+        if series:
+            figs["distributions"] = plots.distributions_figure(
+                series, [{"name": m, "higher_is_better": info[m]["higher_is_better"]} for m in grp["metrics"]],
+                grp["methods"])
+        ranks = np.array([[float(r["metrics"][m]["rank"]) if m in r["metrics"] else np.nan for m in grp["metrics"]]
+                          for r in rows], dtype=np.float64)
+        figs["ranks"] = plots.rank_heatmap(
+            [f"{r['label']} · {r['method']}" for r in rows],
+            [f"{m} {'↑' if info[m]['higher_is_better'] else '↓'}" for m in grp["metrics"]], ranks)
+        gallery_rows: list[tuple[str, np.ndarray]] = []
+        images = sample_ids = None
+        for f, r in members:
+            maps = by_file[f].maps
+            if maps is None:
+                continue
+            if sample_ids is None:
+                sample_ids = [int(i) for i in maps["sample_ids"][:GALLERY_SAMPLES]]
+            if images is None and maps.get("images") is not None:
+                images = maps["images"][:GALLERY_SAMPLES]
+            for method in grp["methods"]:
+                if method in maps["maps"]:
+                    gallery_rows.append((f"{r['label']} · {method}", maps["maps"][method][:GALLERY_SAMPLES]))
+        if gallery_rows and sample_ids:
+            figs["gallery"] = plots.maps_gallery(images, gallery_rows, sample_ids)
+        out[grp["id"]] = figs
+    return out
+
+
 def write_leaderboard(results_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
-    """Writes ``leaderboard.json`` and ``LEADERBOARD.md`` (deterministic bytes) into ``out_dir``."""
-    board = build_leaderboard(results_dir)
+    """Writes the leaderboard folder (deterministic bytes).
+
+    Returns:
+        Paths by kind: ``json``, ``markdown``, ``csv``, ``compare``, ``html`` (and ``parquet`` when pyarrow is
+        installed); the figures are in ``out_dir/img/`` (stale figures from earlier runs are removed).
+    """
+    from sclzoo.evaluator.leaderboard_html import format_html
+
+    loaded = load_results(results_dir)
+    board = build_leaderboard(loaded)
+    comparison = compare_records(_records(loaded))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"json": out / "leaderboard.json", "markdown": out / "LEADERBOARD.md"}
-    paths["json"].write_text(json.dumps(board, indent=2, sort_keys=True, allow_nan=False) + "\n")
-    paths["markdown"].write_text(format_markdown(board))
+    img = out / "img"
+    figure_paths: dict[str, dict[str, str]] = {}
+    written = set()
+    for gid, figs in render_figures(board, loaded).items():
+        grp = next(g for g in board["groups"] if g["id"] == gid)
+        for kind, png in sorted(figs.items()):
+            name = f"{grp['config_hash'][:12]}_{_safe(grp['dataset'])}_{kind}.png"
+            img.mkdir(exist_ok=True)
+            (img / name).write_bytes(png)
+            written.add(name)
+            figure_paths.setdefault(gid, {})[kind] = f"img/{name}"
+    if img.is_dir():
+        for stale in img.glob("*.png"):
+            if stale.name not in written:
+                stale.unlink()
+    paths = {"json": out / "leaderboard.json", "markdown": out / "LEADERBOARD.md", "csv": out / "leaderboard.csv",
+             "compare": out / "compare.json", "html": out / "index.html"}
+    paths["json"].write_text(json.dumps(board, indent=2, sort_keys=True, allow_nan=False, ensure_ascii=False) + "\n")
+    paths["compare"].write_text(json.dumps(comparison, indent=2, sort_keys=True, allow_nan=False,
+                                           ensure_ascii=False) + "\n")
+    paths["markdown"].write_text(format_markdown(board, comparison, figure_paths))
+    paths["csv"].write_text(format_csv(board))
+    paths["html"].write_text(format_html(board, comparison, figure_paths, n_results=len(loaded)))
+    if util.find_spec("pyarrow") is not None:
+        paths["parquet"] = out / "leaderboard.parquet"
+        pd.DataFrame(csv_rows(board), columns=CSV_COLUMNS).to_parquet(paths["parquet"], index=False)
     return paths

@@ -22,7 +22,7 @@ import numpy as np
 from sclzoo.errors import ResultError
 
 __all__ = ["aggregate", "bootstrap_ci", "result_path", "write_result", "read_result", "read_samples",
-           "validate_result", "SCHEMA_VERSION", "load_schema"]
+           "validate_result", "SCHEMA_VERSION", "load_schema", "maps_path", "write_maps", "read_maps"]
 
 SCHEMA_VERSION = 1
 N_BOOTSTRAP = 2000
@@ -179,3 +179,67 @@ def validate_result(path: str | Path, check_samples: bool = True) -> list[str]:
             elif n and abs(float(np.nanmean(vals)) - agg["mean"]) > 1e-9 * max(1.0, abs(agg["mean"])):
                 problems.append(f"{where}: mean {agg['mean']} ≠ {float(np.nanmean(vals))} recomputed from samples")
     return problems
+
+
+def maps_path(result_file: str | Path) -> Path:
+    """``<config_hash>.maps.npz`` beside a result: a few example pixel maps, for the leaderboard's gallery."""
+    p = Path(result_file)
+    return p.with_name(p.name[: -len(".json")] + ".maps.npz")
+
+
+def write_maps(result_file: str | Path, maps: dict[str, np.ndarray], sample_ids: np.ndarray,
+               images: np.ndarray | None = None) -> Path:
+    """Writes example attribution maps beside a result, as an ``.npz`` with deterministic bytes.
+
+    Args:
+        result_file: The result JSON the maps belong to.
+        maps: ``{method: (K, H, W)}`` signed pixel maps of the first K evaluated images.
+        sample_ids: (K,) dataset indices of those images.
+        images: Optional (K, C, H, W) images in [0, 1], shown beside the maps.
+
+    Returns:
+        The path written. Arrays are stored as ``map/<method>``, ``sample_ids`` and ``images``; zip entries carry a
+        fixed timestamp so the same maps give the same bytes.
+    """
+    import io
+    import zipfile
+
+    arrays: dict[str, np.ndarray] = {"sample_ids": np.asarray(sample_ids, dtype=np.int64)}
+    if images is not None:
+        arrays["images"] = np.asarray(images, dtype=np.float32)
+    for method, m in maps.items():
+        arrays[f"map/{method}"] = np.asarray(m, dtype=np.float32)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for key in sorted(arrays):
+            entry = io.BytesIO()
+            np.lib.format.write_array(entry, np.ascontiguousarray(arrays[key]), allow_pickle=False)
+            info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            z.writestr(info, entry.getvalue())
+    path = maps_path(result_file)
+    try:
+        _atomic_write(path, buf.getvalue())
+    except OSError as e:
+        raise ResultError(f"cannot write example maps {str(path)!r}: {e.strerror or e}; pass another --out "
+                          "folder") from None
+    return path
+
+
+def read_maps(result_file: str | Path) -> dict[str, Any] | None:
+    """Example maps stored beside a result, or None when the result has none (older results).
+
+    Returns:
+        ``{"sample_ids": (K,), "images": (K, C, H, W) or None, "maps": {method: (K, H, W)}}``.
+    """
+    path = maps_path(result_file)
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError) as e:
+        raise ResultError(f"example maps {str(path)!r} are corrupt ({e}); delete the file or evaluate again "
+                          "with --force") from None
+    return {"sample_ids": data.get("sample_ids"), "images": data.get("images"),
+            "maps": {k[len("map/"):]: v for k, v in sorted(data.items()) if k.startswith("map/")}}

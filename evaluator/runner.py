@@ -3,13 +3,19 @@
 For each batch of images the runner explains the target logit once per method, then hands the same
 attributions to every metric through one :class:`~sclzoo.evaluator.metrics.MetricContext` per (method, batch), so
 work shared between metrics (clean logits, sensitivity draws, pixel orderings) is done once.
+
+A batch is also the unit of checkpointing and of scale-out: the caller gets every finished batch through
+``on_batch`` (to save it), can hand finished batches back through ``done_batches`` (to resume), and can ask for one
+shard of the batches (one process of ``torchrun``). Batches always hold the same images (positions
+``[k·B, (k+1)·B)``) whatever the shard, so a resumed or sharded run computes every score bit for bit as an
+uninterrupted single-process run does.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -20,9 +26,32 @@ from tqdm.auto import tqdm
 from sclzoo.errors import ConfigError, ModelLoadError
 from sclzoo.evaluator.attributions import METHODS, attribute
 from sclzoo.evaluator.config import EvalConfig
-from sclzoo.evaluator.metrics import METRICS, MetricContext, compute, metric_cost
+from sclzoo.evaluator.metrics import METRICS, MetricContext, compute, metric_cost, stable_seed
 
-__all__ = ["EvalOutput", "resolve_specs", "run_evaluation", "estimate_cost"]
+__all__ = ["BatchResult", "EvalOutput", "resolve_specs", "run_evaluation", "estimate_cost", "batch_starts",
+           "shard_batches", "merge_batches", "select_samples", "SELECTIONS"]
+
+SELECTIONS = ("first", "stratified")
+
+
+@dataclass
+class BatchResult:
+    """What one batch of images scored: the unit the runner checkpoints and shards.
+
+    Attributes:
+        start: Position of the batch's first image among the evaluated images (a multiple of the batch size).
+        scores: ``{method: {metric: float64 array (B,)}}`` with NaN kept.
+        maps: ``{method: float32 array (K, H, W)}`` pixel maps of the batch's images that are among the first
+            ``n_example_maps`` evaluated images (absent when there are none).
+    """
+
+    start: int
+    scores: dict[str, dict[str, np.ndarray]]
+    maps: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def size(self) -> int:
+        return len(next(iter(next(iter(self.scores.values())).values())))
 
 
 @dataclass
@@ -38,6 +67,9 @@ class EvalOutput:
         accuracy: Accuracy of the model on the whole split (``value``, ``n``).
         example_maps: ``{method: (K, H, W) float32}`` pixel maps of the first K images (for plots).
         timings: Seconds per method (attribution) and per (method, metric).
+        batches: Every batch known to this process (computed here or handed in as done), by start position.
+        missing: Start positions of batches not scored here (other shards of a sharded run); their rows of
+            ``scores`` are NaN until :func:`merge_batches` adds them. Empty for a complete output.
     """
 
     sample_ids: np.ndarray
@@ -48,6 +80,78 @@ class EvalOutput:
     accuracy: dict[str, Any]
     example_maps: dict[str, np.ndarray] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    batches: dict[int, BatchResult] = field(default_factory=dict)
+    missing: tuple[int, ...] = ()
+
+
+def batch_starts(n: int, batch_size: int) -> list[int]:
+    """Start positions of the batches of ``n`` images: 0, B, 2B, …"""
+    return list(range(0, n, batch_size))
+
+
+def shard_batches(n: int, batch_size: int, rank: int, world_size: int) -> list[int]:
+    """The batches process ``rank`` of ``world_size`` computes: every ``world_size``-th, from ``rank``.
+
+    Whole batches (not single images) are dealt out, so each batch holds the same images as in a
+    single-process run and its scores are bit-identical (a sample's score is independent of its batch in value,
+    but not always in the last bits of float arithmetic).
+    """
+    if not 0 <= rank < world_size:
+        raise ConfigError(f"rank {rank} is outside world size {world_size}")
+    return batch_starts(n, batch_size)[rank::world_size]
+
+
+def select_samples(labels: Tensor, n: int, selection: str, seed: int) -> Tensor:
+    """Positions of the ``n`` evaluated images in a split.
+
+    Args:
+        labels: (M,) labels of the split.
+        n: How many images.
+        selection: ``first`` (positions 0…n−1) or ``stratified`` (a seeded subset with the same number of images
+            per class, remainder to the first classes; positions ascending).
+        seed: Global seed of the run (the subset is a stable function of it).
+
+    Returns:
+        (n,) long positions, ascending.
+    """
+    if selection == "first":
+        return torch.arange(n)
+    if selection == "stratified":
+        from sclzoo.zoo.data import stratified_split
+
+        _, chosen = stratified_split(labels.numpy(), n, stable_seed(seed, "selection", 0))
+        return torch.from_numpy(chosen).long()
+    raise ConfigError(f"selection {selection!r} is unknown; use one of {', '.join(SELECTIONS)}")
+
+
+def _assemble(n: int, batch_size: int, methods: list[str], metrics: list[str], batches: dict[int, BatchResult],
+              n_example_maps: int) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray], tuple[int, ...]]:
+    """Per-sample score arrays (NaN rows for missing batches), example maps, and the missing batch starts."""
+    scores = {m: {k: np.full(n, np.nan, dtype=np.float64) for k in metrics} for m in methods}
+    missing = tuple(s for s in batch_starts(n, batch_size) if s not in batches)
+    for start, b in batches.items():
+        for m in methods:
+            for k in metrics:
+                scores[m][k][start : start + b.size] = b.scores[m][k]
+    maps: dict[str, np.ndarray] = {}
+    map_starts = [s for s in batch_starts(n, batch_size) if s < n_example_maps]
+    if map_starts and not any(s in missing for s in map_starts):
+        for m in methods:
+            parts = [batches[s].maps[m] for s in map_starts if m in batches[s].maps]
+            if parts:
+                maps[m] = np.concatenate(parts)
+    return scores, maps, missing
+
+
+def merge_batches(output: EvalOutput, batches: dict[int, BatchResult], batch_size: int,
+                  n_example_maps: int = 8) -> EvalOutput:
+    """``output`` with more batches added (the other shards of a sharded run) and its scores re-assembled."""
+    merged = {**output.batches, **batches}
+    methods = list(output.scores)
+    metrics = list(next(iter(output.scores.values()))) if methods else []
+    scores, maps, missing = _assemble(len(output.sample_ids), batch_size, methods, metrics, merged, n_example_maps)
+    return replace(output, scores=scores, example_maps=maps, batches=dict(sorted(merged.items())),
+                   missing=missing)
 
 
 def resolve_specs(cfg: EvalConfig) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
@@ -127,6 +231,9 @@ def run_evaluation(
     forward_logits: Callable[[Tensor], Tensor] | None = None,
     progress: bool = True,
     n_example_maps: int = 8,
+    done_batches: Mapping[int, BatchResult] | None = None,
+    on_batch: Callable[[BatchResult], None] | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> EvalOutput:
     """Explains and scores ``images`` with every selected method and metric.
 
@@ -143,6 +250,11 @@ def run_evaluation(
         forward_logits: Optional faster forward-only path (e.g. onnxruntime) for the accuracy figure.
         progress: Show a progress bar.
         n_example_maps: Pixel maps of the first images kept for plots.
+        done_batches: Batches finished by an earlier, interrupted run (by start position); they are not computed
+            again. Their start positions must be multiples of ``cfg.batch_size``.
+        on_batch: Called with each batch as soon as it is scored (the caller checkpoints it).
+        shard: ``(rank, world_size)``: compute only this process's batches (:func:`shard_batches`); the output's
+            ``missing`` lists the others.
 
     Raises:
         ModelLoadError: the model returns NaN/inf logits.
@@ -165,52 +277,69 @@ def run_evaluation(
     preds = logits.argmax(1)
     targets = preds if cfg.target == "predicted" else labels.clone()
 
+    done = dict(done_batches or {})
+    stray = sorted(st for st in done if st % cfg.batch_size or not 0 <= st < n)
+    if stray:
+        raise ConfigError(f"done batches start at {stray}, which are not batch starts of {n} images in batches "
+                          f"of {cfg.batch_size}; resume with the batch size of the interrupted run")
+    todo = [st for st in shard_batches(n, cfg.batch_size, *shard) if st not in done]
+
     costs = {name: metric_cost(name, **{k: v for k, v in p.items() if k != "version"})
              for name, p in metrics.items()}
     unit = {name: 1 + f + e for name, (f, e) in costs.items()}
-    total = len(methods) * n * (1 + sum(unit.values()))
+    n_todo = sum(min(n, st + cfg.batch_size) - st for st in todo)
+    total = len(methods) * n_todo * (1 + sum(unit.values()))
     bar = tqdm(total=total, desc="evaluate", unit="work", disable=not progress, dynamic_ncols=True,
                bar_format="{l_bar}{bar}| {percentage:3.0f}% [{elapsed}<{remaining}] {postfix}")
-    scores: dict[str, dict[str, list[Tensor]]] = {m: {k: [] for k in metrics} for m in methods}
-    example_maps: dict[str, list[Tensor]] = {m: [] for m in methods}
     timings: dict[str, float] = {}
     extra_pool = {"baseline_pool": baseline_pool.to(device)} if baseline_pool is not None else {}
-    for method, params in methods.items():
-        extra = extra_pool if method == "expected_gradients" else {}
-        explain_with = _explainer(method, params, cfg.seed, extra)
-        for start in range(0, n, cfg.batch_size):
-            sl = slice(start, min(n, start + cfg.batch_size))
-            xb = images[sl].to(device)
-            tb, ids = targets[sl].to(device), sample_ids[sl]
+    explainers = {method: _explainer(method, params, cfg.seed, extra_pool if method == "expected_gradients" else {})
+                  for method, params in methods.items()}
+    batches = dict(done)
+    for start in todo:
+        sl = slice(start, min(n, start + cfg.batch_size))
+        xb = images[sl].to(device)
+        tb, ids = targets[sl].to(device), sample_ids[sl]
+        batch_scores: dict[str, dict[str, np.ndarray]] = {}
+        batch_maps: dict[str, np.ndarray] = {}
+        for method, explain_with in explainers.items():
             bar.set_postfix_str(f"{method} · attributions")
             t0 = time.perf_counter()
             a = explain_with(model, xb, tb, ids)
             timings[method] = timings.get(method, 0.0) + time.perf_counter() - t0
             bar.update(sl.stop - sl.start)
             if start < n_example_maps:
-                example_maps[method].append(a[: n_example_maps - start].sum(1).float().cpu())
+                batch_maps[method] = a[: n_example_maps - start].sum(1).float().cpu().numpy()
 
-            def explain(x: Tensor, t: Tensor, s: Tensor, _m: nn.Module = model) -> Tensor:
-                return explain_with(_m, x, t, s)
+            def explain(x: Tensor, t: Tensor, s: Tensor, _m: nn.Module = model,
+                        _e: Callable[..., Tensor] = explain_with) -> Tensor:
+                return _e(_m, x, t, s)
 
             ctx = MetricContext(model=model, x=xb, target=tb, attributions=a, explain=explain, sample_ids=ids,
                                 seed=cfg.seed, batch_size=cfg.batch_size, explain_with=explain_with)
+            batch_scores[method] = {}
             for name, p in metrics.items():
                 bar.set_postfix_str(f"{method} · {name}")
                 t0 = time.perf_counter()
                 s = compute(name, ctx, **{k: v for k, v in p.items() if k != "version"})
                 key = f"{method}/{name}"
                 timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
-                scores[method][name].append(s)
+                batch_scores[method][name] = s.detach().cpu().numpy().astype(np.float64)
                 bar.update((sl.stop - sl.start) * unit[name])
+        batches[start] = BatchResult(start, batch_scores, batch_maps)
+        if on_batch is not None:
+            on_batch(batches[start])
     bar.close()
+    scores, maps, missing = _assemble(n, cfg.batch_size, list(methods), list(metrics), batches, n_example_maps)
     return EvalOutput(
         sample_ids=sample_ids.numpy().astype(np.int64),
         labels=labels.numpy().astype(np.int64),
         predictions=preds.numpy().astype(np.int64),
         targets=targets.cpu().numpy().astype(np.int64),
-        scores={m: {k: torch.cat(v).numpy().astype(np.float64) for k, v in d.items()} for m, d in scores.items()},
+        scores=scores,
         accuracy=accuracy,
-        example_maps={m: torch.cat(v).numpy() for m, v in example_maps.items() if v},
+        example_maps=maps,
         timings={k: round(v, 4) for k, v in timings.items()},
+        batches=dict(sorted(batches.items())),
+        missing=missing,
     )

@@ -35,10 +35,15 @@ def _threads() -> None:
     torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+class _Bundled(dict):  # type: ignore[type-arg]
+    def __getitem__(self, key: str) -> Path:
+        path: Path = super().__getitem__(key)
+        if not (path / "config.json").is_file():
+            pytest.fail(f"bundled zoo repo {path} is missing; run `make zoo`")
+        return path
+
+
 @pytest.fixture(scope="session")
 def bundled() -> dict[str, Path]:
-    """Folders of the bundled zoo repos (objective → path)."""
-    missing = [str(p) for p in BUNDLED.values() if not (p / "config.json").is_file()]
-    if missing:
-        pytest.fail(f"bundled zoo repos missing: {missing}; run `make zoo`")
-    return BUNDLED
+    """Folders of the bundled zoo repos (objective → path); using a missing one fails the test loudly."""
+    return _Bundled(BUNDLED)

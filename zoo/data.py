@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -170,11 +171,123 @@ def digits(split: str, data_dir: str | None = None) -> ImageDataset:
     return _build("digits", split, x, y, n_test=300, seed=0, label_names=tuple(str(i) for i in range(10)))
 
 
+def _fixed_split(name: str, split: str, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
+                 label_names: tuple[str, ...]) -> ImageDataset:
+    """A dataset whose train/test split is given by its source (CIFAR, STL-10, ImageFolder with train/ and test/)."""
+    if split not in SPLITS:
+        raise DatasetError(f"unknown split {split!r} for dataset {name!r}; use one of {', '.join(SPLITS)}")
+    x_tr = train[0]
+    mean = tuple(float(v) for v in x_tr.mean(axis=(0, 2, 3)))
+    std = tuple(float(v) for v in x_tr.std(axis=(0, 2, 3)))
+    x, y = train if split == "train" else test
+    h = hashlib.sha256(name.encode())
+    h.update(np.asarray(train[1], dtype="<i8").tobytes())
+    h.update(np.asarray(test[1], dtype="<i8").tobytes())
+    return ImageDataset(id=name, split=split, images=torch.from_numpy(np.ascontiguousarray(x)),
+                        labels=torch.from_numpy(y.astype(np.int64)), indices=torch.arange(len(y)),
+                        label_names=label_names, mean=mean, std=std, split_sha256=h.hexdigest())
+
+
+def _hwc_to_chw(a: np.ndarray) -> np.ndarray:
+    return (a.astype(np.float32) / 255.0).transpose(0, 3, 1, 2)
+
+
+_TV_HINT = ("pass --data-dir with the torchvision copy of the dataset (download it once on a machine that is "
+            "online, e.g. torchvision.datasets.{cls}(root=DIR, download=True)), or set SCLZOO_DOWNLOAD=1 to "
+            "download it now")
+
+
+def _torchvision(name: str, cls_name: str, data_dir: str | None) -> tuple[Any, Any]:
+    import os
+
+    import torchvision
+
+    root = data_dir or os.environ.get("SCLZOO_DATA_DIR") or str(Path.home() / ".cache" / "sclzoo" / "data")
+    download = os.environ.get("SCLZOO_DOWNLOAD", "") == "1"
+    cls = getattr(torchvision.datasets, cls_name)
+    try:
+        if cls_name == "STL10":
+            return (cls(root, split="train", download=download), cls(root, split="test", download=download))
+        return cls(root, train=True, download=download), cls(root, train=False, download=download)
+    except (RuntimeError, OSError) as e:
+        raise DatasetError(f"dataset {name!r} is not under {root!r} ({str(e).splitlines()[0]}); "
+                           + _TV_HINT.format(cls=cls_name)) from None
+
+
+def _register_cifar(name: str, cls_name: str) -> None:
+    def loader(split: str, data_dir: str | None = None) -> ImageDataset:
+        tr, te = _torchvision(name, cls_name, data_dir)
+        return _fixed_split(name, split, (_hwc_to_chw(tr.data), np.asarray(tr.targets)),
+                            (_hwc_to_chw(te.data), np.asarray(te.targets)), tuple(tr.classes))
+
+    loader.__doc__ = f"torchvision {cls_name} (official train/test split), from --data-dir."
+    DATASETS.add(name, loader)
+
+
+_register_cifar("cifar10", "CIFAR10")
+_register_cifar("cifar100", "CIFAR100")
+
+
+@DATASETS.register("stl10")
+def stl10(split: str, data_dir: str | None = None) -> ImageDataset:
+    """torchvision STL10 labelled train/test (96×96), from --data-dir."""
+    tr, te = _torchvision("stl10", "STL10", data_dir)
+    to = lambda d: (d.data.astype(np.float32) / 255.0, np.asarray(d.labels))  # noqa: E731 - data is already CHW
+    return _fixed_split("stl10", split, to(tr), to(te), tuple(tr.classes))
+
+
+def _read_folder(root: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    from PIL import Image, UnidentifiedImageError
+
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    if not classes:
+        raise DatasetError(f"image folder {str(root)!r} has no class sub-folders; expected ROOT/<class>/<image>.png")
+    images, labels, size = [], [], None
+    for ci, c in enumerate(classes):
+        for f in sorted((root / c).iterdir()):
+            if f.suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"):
+                continue
+            try:
+                with Image.open(f) as im:
+                    arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+            except (UnidentifiedImageError, OSError) as e:
+                raise DatasetError(f"cannot read image {str(f)!r} ({e}); remove or replace it") from None
+            if size is None:
+                size = arr.shape
+            elif arr.shape != size:
+                raise DatasetError(f"image {str(f)!r} is {arr.shape[1]}×{arr.shape[0]} but earlier images are "
+                                   f"{size[1]}×{size[0]}; resize the folder to one size")
+            images.append(arr.transpose(2, 0, 1))
+            labels.append(ci)
+    if not images:
+        raise DatasetError(f"image folder {str(root)!r} holds no images")
+    return np.stack(images), np.asarray(labels, dtype=np.int64), tuple(classes)
+
+
+def imagefolder(path: str, split: str) -> ImageDataset:
+    """``imagefolder:<path>``: ROOT/train/<class>/* and ROOT/test/<class>/*, or ROOT/<class>/* split 80/20 (seeded)."""
+    root = Path(path)
+    if not root.is_dir():
+        raise DatasetError(f"image folder {path!r} does not exist; pass imagefolder:<folder with class sub-folders>")
+    name = f"imagefolder:{root.name}"
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        xtr, ytr, classes = _read_folder(root / "train")
+        xte, yte, classes_te = _read_folder(root / "test")
+        if classes_te != classes:
+            raise DatasetError(f"train/ and test/ of {path!r} have different classes: {classes} vs {classes_te}")
+        return _fixed_split(name, split, (xtr, ytr), (xte, yte), classes)
+    x, y, classes = _read_folder(root)
+    n_test = max(len(classes), round(0.2 * len(y)))
+    return _build(name, split, x, y, n_test=n_test, seed=0, label_names=classes)
+
+
 def load_dataset(name: str, split: str, data_dir: str | None = None) -> ImageDataset:
-    """Loads one split of a registered dataset.
+    """Loads one split of a registered dataset, or of ``imagefolder:<path>``.
 
     Raises:
         UnknownNameError: ``name`` is not registered (the message lists close names).
         DatasetError: the data is absent or unreadable (the message says how to get it).
     """
+    if name.startswith("imagefolder:"):
+        return imagefolder(name[len("imagefolder:") :], split)
     return DATASETS.get(name)(split, data_dir)

@@ -120,10 +120,27 @@ def _local(ref: str, path: Path) -> ResolvedModel:
                          _local_commit(path))
 
 
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """Connection-level exceptions of the HTTP client huggingface_hub uses.
+
+    requests' errors subclass OSError, but httpx's (huggingface_hub 1.x) and httpx2's (2.x) do not.
+    """
+    import importlib
+
+    errors: list[type[BaseException]] = [OSError]
+    for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError")):
+        try:
+            errors.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(errors)
+
+
 def _hub(ref: str, repo_id: str, revision: str | None) -> ResolvedModel:
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
+        HfHubHTTPError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
@@ -144,7 +161,14 @@ def _hub(ref: str, repo_id: str, revision: str | None) -> ResolvedModel:
                                      "download it once online, or unset HF_HUB_OFFLINE") from None
         raise HubError(f"cannot reach the Hub at {constants.ENDPOINT} to fetch {repo_id!r}; check the network or "
                        "HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to use the local cache") from None
-    except OSError as e:  # requests/httpx connection errors subclass OSError
+    except HfHubHTTPError as e:  # reached the Hub, which said no (before the OSError branch: it subclasses it)
+        status = e.response.status_code if e.response is not None else "?"
+        if status in (401, 403):
+            raise HubError(f"the Hub at {constants.ENDPOINT} refused access to {repo_id!r} (HTTP {status}): the token "
+                           "in HF_TOKEN (or the saved login) is invalid or lacks access; fix or unset it") from None
+        raise HubError(f"the Hub at {constants.ENDPOINT} answered HTTP {status} for {repo_id!r}; try again later, or "
+                       "set HF_HUB_OFFLINE=1 to use the local cache") from None
+    except _transport_errors() as e:  # connection refused, reset, timed out
         raise HubError(f"cannot reach the Hub at {constants.ENDPOINT} to fetch {repo_id!r} ({type(e).__name__}); "
                        "check the network or HF_ENDPOINT, or set HF_HUB_OFFLINE=1 to use the local cache") from None
     # snapshot folders are named by the commit they hold

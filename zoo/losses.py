@@ -21,7 +21,7 @@ from torch import Tensor
 from sclzoo.errors import ConfigError
 from sclzoo.registry import Registry
 
-__all__ = ["contrastive_loss", "supcon_loss", "simclr_loss", "Objective", "OBJECTIVES"]
+__all__ = ["contrastive_loss", "supcon_loss", "simclr_loss", "batch_hard_triplet_loss", "Objective", "OBJECTIVES"]
 
 
 def contrastive_loss(z: Tensor, keys: Tensor, temperature: float, base_temperature: float) -> Tensor:
@@ -93,6 +93,33 @@ class Objective:
         return {**self.defaults, **overrides}
 
 
+def batch_hard_triplet_loss(z: Tensor, labels: Tensor, margin: float = 0.3) -> Tensor:
+    """Batch-hard triplet loss (Hermans et al. 2017) on L2-normalised embeddings.
+
+    For every view as anchor: the farthest view with the same label (hardest positive) and the closest view with
+    another label (hardest negative); loss = mean over anchors of max(0, d(a, p) − d(a, n) + margin), with
+    Euclidean distances between unit vectors. Anchors with no positive or no negative contribute 0.
+
+    Args:
+        z: (N, V, D) normalised embeddings.
+        labels: (N,) labels.
+        margin: Triplet margin.
+    """
+    n, v, _ = z.shape
+    feats = z.transpose(0, 1).reshape(v * n, -1)
+    k = labels.repeat(v)
+    # sqrt(2 - 2cos) for unit vectors; the clamp keeps the gradient of sqrt finite at distance 0.
+    dist = (2 - 2 * feats @ feats.T).clamp(min=1e-12).sqrt()
+    same = k[:, None] == k[None, :]
+    self_mask = torch.eye(v * n, dtype=torch.bool, device=z.device)
+    pos = same & ~self_mask
+    hardest_pos = dist.masked_fill(~pos, float("-inf")).max(1).values
+    hardest_neg = dist.masked_fill(same, float("inf")).min(1).values
+    valid = pos.any(1) & (~same).any(1)
+    per_anchor = torch.relu(hardest_pos - hardest_neg + margin)
+    return torch.where(valid, per_anchor, torch.zeros_like(per_anchor)).mean()
+
+
 def _ce(logits: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
     return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
 
@@ -111,5 +138,8 @@ OBJECTIVES.add("ce", Objective("ce", False, _ce, {"label_smoothing": 0.0}, "cros
 OBJECTIVES.add("supcon", Objective("supcon", True, _supcon, {"temperature": 0.1, "base_temperature": 0.07},
                                    "SupCon L^sup_out (Khosla 2020), loss scaled by tau/base_tau",
                                    "supervised contrastive, positives = same label"))
+OBJECTIVES.add("triplet", Objective("triplet", True, lambda z, y, margin=0.3: batch_hard_triplet_loss(z, y, margin),
+                                    {"margin": 0.3}, "batch-hard triplet (Hermans 2017), normalised embeddings",
+                                    "supervised metric learning, hardest positive vs hardest negative"))
 OBJECTIVES.add("simclr", Objective("simclr", True, _simclr, {"temperature": 0.5},
                                    "SimCLR NT-Xent (Chen 2020)", "self-supervised contrastive, positives = other view"))

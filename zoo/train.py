@@ -13,7 +13,7 @@ import os
 import platform
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from sclzoo.errors import ConfigError
 from sclzoo.zoo.augment import AugmentConfig, augment_batch
+from sclzoo.zoo.distributed import DistInfo, barrier, init_distributed
 from sclzoo.zoo.data import ImageDataset, load_dataset, stratified_split
 from sclzoo.zoo.losses import OBJECTIVES
 from sclzoo.zoo.models import ProjectionHead, encode
@@ -96,6 +97,7 @@ class TrainOutput:
     recipe: Recipe
     record: dict[str, Any]
     test: ImageDataset
+    dist: DistInfo = field(default_factory=DistInfo)
 
 
 def _save_state(path: Path, state: dict[str, Any]) -> None:
@@ -118,8 +120,14 @@ def _run_stage(
     progress: bool,
     resume_state: dict[str, Any] | None,
     extra: dict[str, Any] | None = None,
+    dist_info: DistInfo | None = None,
 ) -> dict[str, Any]:
-    """Runs one optimisation stage; checkpoints after every epoch. Returns per-epoch logs."""
+    """Runs one optimisation stage; checkpoints after every epoch. Returns per-epoch logs.
+
+    With several processes every rank draws the same permutation and takes its share of each global batch;
+    DDP averages the gradients, and rank 0 writes the checkpoint.
+    """
+    di = dist_info or DistInfo()
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, n_train // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
@@ -129,14 +137,21 @@ def _run_stage(
         start_epoch = resume_state["epoch"]
         history = resume_state["history"]
     step = start_epoch * steps_per_epoch
-    bar = tqdm(total=total, initial=step, desc=stage, unit="step", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=total, initial=step, desc=stage, unit="step", disable=not progress or not di.is_main,
+               dynamic_ncols=True)
     for epoch in range(start_epoch, cfg.epochs):
         gen = torch.Generator().manual_seed(_stage_seed(seed, stage, epoch))
+        # One process: the shuffling generator also draws the augmentations (so results match earlier runs);
+        # several: each rank draws its own augmentations for its share of the batch.
+        aug_gen = gen if not di.enabled else torch.Generator().manual_seed(
+            _stage_seed(seed, f"{stage}/rank{di.rank}", epoch))
         t0, losses, correct, seen = time.time(), [], 0, 0
         for idx in _batches(n_train, cfg.batch_size, gen):
+            if di.enabled:
+                idx = idx[di.rank :: di.world_size]
             for g in opt.param_groups:
                 g["lr"] = lr_at(cfg, step, total, steps_per_epoch)
-            loss, n_correct = step_fn(idx, gen)
+            loss, n_correct = step_fn(idx, aug_gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -152,13 +167,37 @@ def _run_stage(
         history.append({"epoch": epoch + 1, "loss": sum(losses) / max(1, len(losses)),
                         "train_acc": correct / seen if correct >= 0 and seen else None,
                         "seconds": round(time.time() - t0, 3)})
-        _save_state(state_path, {**(extra or {}), "stage": stage, "epoch": epoch + 1, "history": history,
-                                 "optimizer": opt.state_dict(),
-                                 "modules": {k: m.state_dict() for k, m in modules.items()}})
+        if di.is_main:
+            _save_state(state_path, {**(extra or {}), "stage": stage, "epoch": epoch + 1, "history": history,
+                                     "optimizer": opt.state_dict(),
+                                     "modules": {k: _unwrap(m).state_dict() for k, m in modules.items()}})
+        barrier(di)
         if max_steps is not None and step >= max_steps:
             break
     bar.close()
     return {"history": history, "steps": step}
+
+
+def _unwrap(m: nn.Module) -> nn.Module:
+    return m.module if isinstance(m, nn.parallel.DistributedDataParallel) else m
+
+
+class _Contrastive(nn.Module):
+    """Encoder + projector as one module, so DDP synchronises both. (N, C, H, W) → (N, D) normalised."""
+
+    def __init__(self, encoder: nn.Module, projector: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.projector = projector
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.projector(encode(self.encoder, x))
+
+
+def _ddp(m: nn.Module, di: DistInfo, dev: torch.device) -> nn.Module:
+    if not di.enabled:
+        return m
+    return nn.parallel.DistributedDataParallel(m, device_ids=[dev.index or 0] if dev.type == "cuda" else None)
 
 
 def train(
@@ -192,6 +231,9 @@ def train(
     if epochs is not None:
         recipe = recipe.replace(optim=OptimConfig(**{**recipe.optim.__dict__, "epochs": epochs}))
     dev = resolve_device(device)
+    di = init_distributed(dev)
+    if di.enabled and dev.type == "cuda":
+        dev = torch.device("cuda", di.local_rank)
     t_start = time.time()
     train_full = load_dataset(recipe.dataset, "train", data_dir)
     test = load_dataset(recipe.dataset, "test", data_dir)
@@ -217,7 +259,9 @@ def train(
     if objective.contrastive:
         d = int(model.num_features)
         projector = ProjectionHead(d, recipe.projector_hidden or d, recipe.projector_dim)
-    model.to(dev).to(memory_format=torch.channels_last)
+    model.to(dev)
+    if not di.enabled:  # DDP buckets on CPU (gloo) crashed with channels_last parameters
+        model.to(memory_format=torch.channels_last)
     if projector is not None:
         projector.to(dev)
 
@@ -253,21 +297,22 @@ def train(
             modules["projector"] = projector
             params += list(projector.parameters())
 
+        net = _ddp(_Contrastive(model, projector) if projector is not None else model, di, dev)
+
         def pre_step(idx: Tensor, gen: torch.Generator) -> tuple[Tensor, int]:
-            model.train()
+            net.train()
             yb = y_train[idx.to(dev)]
             if objective.contrastive:
-                assert projector is not None
                 xv = views(idx, gen, recipe.augment, recipe.views)
-                z = projector(encode(model, xv))  # (V*N, D), view-major
+                z = net(xv)  # (V*N, D), view-major
                 z = z.view(recipe.views, len(idx), -1).transpose(0, 1)  # (N, V, D)
                 return objective.loss(z, yb, **loss_params), -1
-            logits = model(views(idx, gen, recipe.augment, 1))
+            logits = net(views(idx, gen, recipe.augment, 1))
             return objective.loss(logits, yb, **loss_params), int((logits.argmax(1) == yb).sum())
 
         t0 = time.time()
         stages[pre_stage] = _run_stage(pre_stage, params, pre_step, recipe.optim, len(tr_idx), recipe.seed,
-                                       state_path, modules, max_steps, progress, resume_state)
+                                       state_path, modules, max_steps, progress, resume_state, dist_info=di)
         stages[pre_stage]["seconds"] = round(time.time() - t0, 2)
     else:
         assert resume_state is not None
@@ -285,12 +330,14 @@ def train(
             model.load_state_dict(resume_state["modules"]["model"])
         pre_history = stages[pre_stage]["history"]
 
+        head = _ddp(model.get_classifier(), di, dev)
+
         def probe_step(idx: Tensor, gen: torch.Generator) -> tuple[Tensor, int]:
             model.eval()
             yb = y_train[idx.to(dev)]
             with torch.no_grad():
                 h = encode(model, views(idx, gen, recipe.probe.augment, 1))
-            logits = model.get_classifier()(h)
+            logits = head(h)
             return nn.functional.cross_entropy(logits, yb), int((logits.argmax(1) == yb).sum())
 
         t0 = time.time()
@@ -299,7 +346,8 @@ def train(
         # The pre-training log rides along in the probe checkpoints so a resumed probe still reports it.
         stages["probe"] = _run_stage("probe", list(model.get_classifier().parameters()), probe_step,
                                      recipe.probe.optim, len(tr_idx), recipe.seed, state_path, probe_modules,
-                                     max_steps, progress, probe_resume, extra={"pre_history": pre_history})
+                                     max_steps, progress, probe_resume, extra={"pre_history": pre_history},
+                                     dist_info=di)
         stages["probe"]["seconds"] = round(time.time() - t0, 2)
         for p in model.parameters():
             p.requires_grad_(True)
@@ -328,10 +376,15 @@ def train(
         "max_steps": max_steps,
         "accuracy": {"torch": acc},
         "wall_time_s": round(time.time() - t_start, 2),
+        # Sum of epoch times over all stages, including epochs run before an interruption (--resume).
+        "epoch_seconds_total": round(sum(h["seconds"] for st in stages.values() for h in st["history"]), 2),
         "hardware": {"device": str(dev), "device_name": device_name(dev), "torch_threads": torch.get_num_threads(),
-                     "platform": platform.platform()},
+                     "platform": platform.platform(), "world_size": di.world_size},
+        "input_size": list(train_full.input_size),
+        "label_names": list(train_full.label_names),
     }
-    return TrainOutput(model=model, projector=projector, recipe=recipe, record=record, test=test)
+    barrier(di)
+    return TrainOutput(model=model, projector=projector, recipe=recipe, record=record, test=test, dist=di)
 
 
 def device_name(dev: torch.device) -> str:

@@ -1,0 +1,568 @@
+"""Benchmark: sclzoo's metric suite vs Quantus 0.6.0 vs the model-call floor, on the same model, inputs and maps.
+
+A benchmark, not a test (``make bench``; tests/test_agreement.py checks that the numbers agree). For each model it
+times, in one process:
+
+(a) sclzoo: the metrics that have a Quantus equivalent, each through ``compute()`` on one ``MetricContext``, so
+    work the registry shares between metrics (clean logits) is shared;
+(b) Quantus 0.6.0 on the same metrics with its settings made equal to sclzoo's (same R, K, n, σ, batch size),
+    seeded through the global ``np.random`` (it has no seed argument);
+(c) the floor: the bare model passes the definitions require, F forwards and E explanations per sample as
+    declared by the registry (``metric_cost``), at the fastest forward this machine offers (eager NCHW,
+    channels_last or onnxruntime, batch 64/256/1024) and the fastest explanation batch of the method itself.
+
+It prints one table per model and writes it, with the settings and the floor measurements, to
+``DIR/bench_<model>.json``. All timings use ``time.perf_counter`` after one warm-up on two images, with
+``torch.set_num_threads(--threads)``. Quantus calls run under a per-metric deadline (``--quantus-timeout``) so the
+script cannot hang; the settings keep Quantus' loops bounded (pixel flipping moves D/K pixels per step).
+
+Examples::
+
+    .venv/bin/python bench/bench_metrics.py --out build/bench                  # both models, default sizes
+    .venv/bin/python bench/bench_metrics.py --model small --n 4 --floor-batch-sizes 8  # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import math
+import platform
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+REPO = Path(__file__).resolve().parent.parent
+SMALL_MODEL_DIR = REPO / "zoo" / "models" / "resnet8_cifar.ce_mnist5k"
+DEFAULT_N = {"small": 64, "resnet18": 16}
+#: Metrics with a Quantus equivalent, in suite order.
+SUITE = (
+    "faithfulness_correlation",
+    "deletion_auc",
+    "sparseness",
+    "complexity",
+    "effective_complexity",
+    "max_sensitivity",
+    "infidelity",
+    "local_lipschitz_estimate",
+)
+#: Quantus' AUC helper calls np.trapz, removed in numpy 2.4: the bench takes Quantus' curve and integrates it.
+_trapezoid = getattr(np, "trapezoid", None) or np.trapz
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Settings shared by sclzoo and Quantus
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _steps_dividing(d: int, target: int = 32) -> int:
+    """The divisor of D closest to ``target`` (ties: the larger): K with K | D, so Quantus' fixed features_in_step
+    = D / K moves exactly sclzoo's ⌊k·D/K⌋ pixels at step k."""
+    divisors = [k for k in range(2, d + 1) if d % k == 0]
+    return min(divisors, key=lambda k: (abs(k - target), -k))
+
+
+def suite_params(h: int, w: int) -> dict[str, dict[str, Any]]:
+    """sclzoo parameters of each suite metric for H×W images (the spec's defaults, K made to divide D)."""
+    d = h * w
+    return {
+        "faithfulness_correlation": {"n_draws": 100, "subset_size": max(1, round(d / 16)), "baseline": 0.0},
+        "deletion_auc": {"steps": _steps_dividing(d), "baseline": 0.0},
+        "sparseness": {},
+        "complexity": {},
+        "effective_complexity": {"eps": 1e-2},
+        "max_sensitivity": {"n_perturbations": 16, "radius": 0.05},
+        "infidelity": {"n_perturbations": 16, "sigma": 0.05, "normalize": False},
+        "local_lipschitz_estimate": {"n_perturbations": 16, "sigma": 0.025},
+    }
+
+
+def quantus_metric(name: str, p: dict[str, Any], h: int, w: int) -> tuple[Any, dict[str, Any]]:
+    """The Quantus 0.6.0 metric equal to sclzoo's ``name`` with parameters ``p``, and its extra call kwargs.
+
+    The traps of spec/metrics.md §5 handled here: per-sample max-normalisation (``normalise_axes``), a numeric
+    baseline 0 (Quantus' "black" is the sample minimum), ``return_aggregate=False`` (per-sample scores), softmax
+    only where the spec uses p_y.
+    """
+    import quantus
+    from quantus.functions.perturb_func import batch_gaussian_noise
+
+    per_sample = {"normalise_axes": (1, 2, 3)}
+    common = {"return_aggregate": False, "disable_warnings": True, "display_progressbar": False}
+    if name == "faithfulness_correlation":
+        return quantus.FaithfulnessCorrelation(
+            nr_runs=p["n_draws"],
+            subset_size=p["subset_size"],
+            perturb_baseline=p["baseline"],
+            similarity_func=quantus.similarity_func.correlation_pearson,
+            abs=False,
+            normalise=False,
+            **common,
+        ), {"softmax": False}
+    if name == "deletion_auc":
+        return quantus.PixelFlipping(
+            features_in_step=h * w // p["steps"],
+            perturb_baseline=p["baseline"],
+            abs=False,
+            normalise=False,
+            return_auc_per_sample=False,  # the curve; its AUC helper needs np.trapz (gone in numpy 2.4)
+            **common,
+        ), {"softmax": True}
+    if name in ("sparseness", "complexity", "effective_complexity"):
+        cls = {
+            "sparseness": quantus.Sparseness,
+            "complexity": quantus.Complexity,
+            "effective_complexity": quantus.EffectiveComplexity,
+        }[name]
+        extra = {"eps": p["eps"]} if name == "effective_complexity" else {}
+        return cls(abs=True, normalise=True, normalise_func_kwargs=per_sample, **extra, **common), {}
+    if name == "max_sensitivity":
+        return quantus.MaxSensitivity(
+            nr_samples=p["n_perturbations"],
+            lower_bound=p["radius"],  # U(−r, r) element-wise
+            abs=False,
+            normalise=False,
+            return_nan_when_prediction_changes=False,
+            **common,
+        ), {"explain": True}
+    if name == "infidelity":
+        if h != w:
+            raise SystemExit(f"infidelity: the Quantus equivalent needs square images, got {h}×{w}")
+        # One patch covering the image with element-wise Gaussian noise: the captum/spec estimator
+        # (mean_j (Iᵀa − Δ_j)² with I ~ N(0, σ²)) instead of Quantus' default patch-wise baseline replacement.
+        return quantus.Infidelity(
+            n_perturb_samples=p["n_perturbations"],
+            perturb_patch_sizes=[h],
+            perturb_func=batch_gaussian_noise,
+            perturb_func_kwargs={"perturb_mean": 0.0, "perturb_std": p["sigma"]},
+            loss_func="mse",
+            abs=False,
+            normalise=False,
+            **common,
+        ), {"softmax": False}
+    if name == "local_lipschitz_estimate":
+        return quantus.LocalLipschitzEstimate(
+            nr_samples=p["n_perturbations"],
+            perturb_mean=0.0,
+            perturb_std=p["sigma"],
+            abs=False,
+            normalise=True,
+            normalise_func_kwargs=per_sample,
+            return_nan_when_prediction_changes=False,
+            **common,
+        ), {"explain": True}
+    raise KeyError(name)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def deadline(seconds: float | None) -> Iterator[None]:
+    """Raises TimeoutError in the block after ``seconds`` (SIGALRM; main thread on POSIX; no-op otherwise)."""
+    if not seconds or not hasattr(signal, "SIGALRM"):
+        yield
+        return
+
+    def _raise(signum: int, frame: Any) -> None:
+        raise TimeoutError(f"exceeded {seconds:.0f} s")
+
+    old = signal.signal(signal.SIGALRM, _raise)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def best_rate(fn: Callable[[], Any], images: int, min_time: float) -> float:
+    """Images per second of ``fn`` (one call = ``images`` images): one warm-up, then ≥ 2 calls and ≥ min_time."""
+    fn()
+    reps, total = 0, 0.0
+    while reps < 2 or total < min_time:
+        dt, _ = timed(fn)
+        total += dt
+        reps += 1
+    return images * reps / total
+
+
+def _mean(v: np.ndarray) -> float | None:
+    v = np.asarray(v, dtype=np.float64)
+    return float(np.nanmean(v)) if np.isfinite(v).any() else None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Models and data
+# --------------------------------------------------------------------------------------------------------------
+
+
+def load_bench_model(which: str, seed: int) -> tuple[nn.Module, str]:
+    import timm
+
+    import sclzoo
+
+    if which == "small":
+        return sclzoo.load_model(str(SMALL_MODEL_DIR)).model.eval(), SMALL_MODEL_DIR.name
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = timm.create_model("resnet18_cifar", in_chans=1, num_classes=10)
+    return net.eval(), "resnet18_cifar (seeded random init, 1×28×28)"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# (c) the floor
+# --------------------------------------------------------------------------------------------------------------
+
+
+def measure_floor(
+    model: nn.Module,
+    x: Tensor,
+    method: str,
+    batch_sizes: list[int],
+    threads: int,
+    min_time: float,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
+    """Fastest forward throughput over runtimes × batch sizes, and the method's fastest explanation rate."""
+    import onnxruntime as ort
+
+    from sclzoo.evaluator.attributions import attribute
+
+    def tile(b: int) -> Tensor:
+        reps = -(-b // x.shape[0])
+        return x.repeat(reps, 1, 1, 1)[:b].contiguous()
+
+    with torch.no_grad():
+        target_all = model(tile(max(batch_sizes))).argmax(dim=1)
+    forward: list[dict[str, Any]] = []
+    model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = Path(tmp) / "model.onnx"
+        torch.onnx.export(
+            model,
+            (tile(2),),
+            str(onnx_path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["x"],
+            output_names=["logits"],
+            dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+        )
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        for b in batch_sizes:
+            xb = tile(b)
+            xb_cl = xb.contiguous(memory_format=torch.channels_last)
+            xb_np = xb.numpy()
+
+            def eager(xb: Tensor = xb) -> Any:
+                with torch.inference_mode():
+                    return model(xb)
+
+            def channels_last(xb_cl: Tensor = xb_cl) -> Any:
+                with torch.inference_mode():
+                    return model_cl(xb_cl)
+
+            def onnx(xb_np: np.ndarray = xb_np) -> Any:
+                return session.run(None, {"x": xb_np})
+
+            for runtime, fn in (("eager_nchw", eager), ("channels_last", channels_last), ("onnxruntime", onnx)):
+                rate = best_rate(fn, b, min_time)
+                forward.append({"runtime": runtime, "batch_size": b, "images_per_s": rate})
+                log(f"  floor forward  {runtime:<14} batch {b:>5}: {rate:10.1f} img/s")
+    explain: list[dict[str, Any]] = []
+    for b in batch_sizes:
+        xb, yb = tile(b), target_all[:b]
+        rate = best_rate(lambda xb=xb, yb=yb: attribute(method, model, xb, yb), b, min_time)
+        explain.append({"runtime": "eager_nchw", "batch_size": b, "images_per_s": rate})
+        log(f"  floor explain  {method:<14} batch {b:>5}: {rate:10.1f} img/s")
+    best_f = max(forward, key=lambda r: r["images_per_s"])
+    best_e = max(explain, key=lambda r: r["images_per_s"])
+    return {
+        "forward": forward,
+        "explain": explain,
+        "best_forward": best_f,
+        "best_explain": best_e,
+        "seconds_per_forward": 1.0 / best_f["images_per_s"],
+        "seconds_per_explanation": 1.0 / best_e["images_per_s"],
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# (a) sclzoo and (b) Quantus
+# --------------------------------------------------------------------------------------------------------------
+
+
+def run_sclzoo(
+    model: nn.Module, x: Tensor, target: Tensor, a: Tensor, method: str, params: dict[str, dict[str, Any]],
+    batch_size: int, seed: int,
+) -> dict[str, tuple[float, np.ndarray]]:
+    """Each suite metric through compute() on one MetricContext (shared cache), timed one by one."""
+    from sclzoo.evaluator.attributions import attribute
+    from sclzoo.evaluator.metrics import MetricContext, compute
+
+    def explain(xs: Tensor, ys: Tensor, ids: Tensor) -> Tensor:
+        return attribute(method, model, xs, ys, sample_ids=ids, seed=seed)
+
+    ctx = MetricContext(
+        model=model,
+        x=x,
+        target=target,
+        attributions=a,
+        explain=explain,
+        sample_ids=torch.arange(x.shape[0]),
+        seed=seed,
+        batch_size=batch_size,
+    )
+    out = {}
+    for name in SUITE:
+        dt, scores = timed(lambda name=name: compute(name, ctx, **params[name]))
+        out[name] = (dt, scores.numpy())
+    return out
+
+
+def run_quantus(
+    model: nn.Module, x: Tensor, target: Tensor, a: Tensor, method: str, params: dict[str, dict[str, Any]],
+    batch_size: int, seed: int, timeout: float | None, log: Callable[[str], None],
+) -> dict[str, tuple[float | None, np.ndarray | None]]:
+    """Each suite metric with Quantus 0.6.0 on the same inputs and maps; None where it failed or timed out."""
+    from sclzoo.evaluator.attributions import attribute
+
+    def explain_func(model: nn.Module, inputs: np.ndarray, targets: np.ndarray, **_: Any) -> np.ndarray:
+        xs = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))
+        ys = torch.from_numpy(np.asarray(targets, dtype=np.int64))
+        return attribute(method, model, xs, ys, seed=seed).numpy()
+
+    _, _, h, w = x.shape
+    x_np, y_np, a_np = x.numpy(), target.numpy(), a.numpy()
+    out: dict[str, tuple[float | None, np.ndarray | None]] = {}
+    for name in SUITE:
+        metric, extra = quantus_metric(name, params[name], h, w)
+        kwargs: dict[str, Any] = {"softmax": extra["softmax"]} if "softmax" in extra else {}
+        if extra.get("explain"):
+            kwargs["explain_func"] = explain_func
+        np.random.seed(seed)  # Quantus draws from the global np.random and has no seed argument
+        try:
+            with deadline(timeout):
+                dt, res = timed(
+                    lambda metric=metric, kwargs=kwargs: metric(
+                        model=model, x_batch=x_np, y_batch=y_np, a_batch=a_np, channel_first=True,
+                        batch_size=batch_size, **kwargs,
+                    )
+                )
+        except Exception as exc:  # a reference failing must not stop the benchmark; it is recorded
+            log(f"  quantus {name}: {type(exc).__name__}: {exc}")
+            out[name] = (None, None)
+            continue
+        scores = np.asarray(res, dtype=np.float64)
+        if name == "deletion_auc":  # (N, K) curve c_1..c_K → sclzoo's trapezoid over c_0..c_K / K (c_0 untimed)
+            with torch.no_grad():
+                c0 = model(x).double().softmax(dim=1).gather(1, target[:, None])[:, 0].numpy()
+            curve = np.concatenate([c0[:, None], scores], axis=1)
+            scores = _trapezoid(curve, axis=1) / params[name]["steps"]
+        out[name] = (dt, scores)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# One model
+# --------------------------------------------------------------------------------------------------------------
+
+
+def bench_model(which: str, args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
+    from sclzoo.evaluator.attributions import attribute
+    from sclzoo.evaluator.metrics import metric_cost
+    from sclzoo.zoo.data import load_dataset
+
+    model, model_desc = load_bench_model(which, args.seed)
+    n = args.n or DEFAULT_N[which]
+    x = load_dataset("mnist5k", "test").images[:n].contiguous()
+    if x.shape[0] < n:
+        raise SystemExit(f"mnist5k test has only {x.shape[0]} images; lower --n")
+    with torch.no_grad():
+        target = model(x).argmax(dim=1)
+    _, c, h, w = x.shape
+    params = suite_params(h, w)
+    log(f"== {which}: {model_desc}, N={n}, method={args.method}, {torch.get_num_threads()} threads")
+
+    # One warm-up of each implementation on two images (allocators, lazy imports, oneDNN kernels).
+    xw, yw = x[:2], target[:2]
+    aw = attribute(args.method, model, xw, yw, seed=args.seed)
+    run_sclzoo(model, xw, yw, aw, args.method, params, args.batch_size, args.seed)
+    if not args.skip_quantus:
+        run_quantus(model, xw, yw, aw, args.method, params, args.batch_size, args.seed, args.quantus_timeout,
+                    log)
+
+    t_maps, a = timed(lambda: attribute(args.method, model, x, target, sample_ids=torch.arange(n), seed=args.seed))
+    log(f"  maps ({args.method}) for {n} images: {t_maps:.3f} s")
+    ours = run_sclzoo(model, x, target, a, args.method, params, args.batch_size, args.seed)
+    log("  sclzoo: " + ", ".join(f"{k} {v[0]:.2f}s" for k, v in ours.items()))
+    ref: dict[str, tuple[float | None, np.ndarray | None]] = {name: (None, None) for name in SUITE}
+    if not args.skip_quantus:
+        ref = run_quantus(model, x, target, a, args.method, params, args.batch_size, args.seed,
+                          args.quantus_timeout, log)
+        log("  quantus: " + ", ".join(f"{k} {v[0]:.2f}s" if v[0] is not None else f"{k} —" for k, v in ref.items()))
+    floor = measure_floor(model, x, args.method, args.floor_batch_sizes, args.threads, args.min_time, log)
+
+    rows = []
+    for name in SUITE:
+        f_per, e_per = metric_cost(name, **params[name])
+        t_floor = n * (f_per * floor["seconds_per_forward"] + e_per * floor["seconds_per_explanation"])
+        t_s, s_scores = ours[name]
+        t_q, q_scores = ref[name]
+        rows.append({
+            "metric": name,
+            "params": params[name],
+            "forwards_per_sample": f_per,
+            "explanations_per_sample": e_per,
+            "time_sclzoo_s": t_s,
+            "time_quantus_s": t_q,
+            "time_floor_s": t_floor,
+            "ratio_sclzoo_over_floor": t_s / t_floor if t_floor > 0 else None,
+            "ratio_quantus_over_sclzoo": t_q / t_s if t_q is not None and t_s > 0 else None,
+            "mean_score_sclzoo": _mean(s_scores),
+            "mean_score_quantus": _mean(q_scores) if q_scores is not None else None,
+        })
+    t_s = sum(r["time_sclzoo_s"] for r in rows)
+    t_f = sum(r["time_floor_s"] for r in rows)
+    q_times = [r["time_quantus_s"] for r in rows]
+    t_q = sum(q_times) if all(t is not None for t in q_times) else None
+    suite = {
+        "metric": "suite",
+        "forwards_per_sample": sum(r["forwards_per_sample"] for r in rows),
+        "explanations_per_sample": sum(r["explanations_per_sample"] for r in rows),
+        "time_sclzoo_s": t_s,
+        "time_quantus_s": t_q,
+        "time_floor_s": t_f,
+        "ratio_sclzoo_over_floor": t_s / t_f if t_f > 0 else None,
+        "ratio_quantus_over_sclzoo": t_q / t_s if t_q is not None else None,
+    }
+    return {
+        "model": which,
+        "model_description": model_desc,
+        "n_images": n,
+        "image_shape": [c, h, w],
+        "method": args.method,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "time_maps_s": t_maps,
+        "metrics": rows,
+        "suite": suite,
+        "floor": floor,
+    }
+
+
+def format_table(result: dict[str, Any]) -> str:
+    def num(v: float | None, fmt: str) -> str:
+        return "—" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, fmt)
+
+    head = (f"{'metric':<26}{'F/smp':>6}{'E/smp':>6}{'sclzoo s':>11}{'Quantus s':>11}{'floor s':>10}"
+            f"{'sclzoo/floor':>14}{'Quantus/sclzoo':>16}")
+    lines = [
+        f"{result['model']}: {result['model_description']} — N={result['n_images']}, method={result['method']}, "
+        f"maps {result['time_maps_s']:.3f} s (not in the suite)",
+        head,
+        "-" * len(head),
+    ]
+    for r in [*result["metrics"], result["suite"]]:
+        if r["metric"] == "suite":
+            lines.append("-" * len(head))
+        lines.append(
+            f"{r['metric']:<26}{r['forwards_per_sample']:>6}{r['explanations_per_sample']:>6}"
+            f"{num(r['time_sclzoo_s'], '.3f'):>11}{num(r['time_quantus_s'], '.3f'):>11}"
+            f"{num(r['time_floor_s'], '.3f'):>10}{num(r['ratio_sclzoo_over_floor'], '.2f'):>14}"
+            f"{num(r['ratio_quantus_over_sclzoo'], '.1f'):>16}"
+        )
+    best_f, best_e = result["floor"]["best_forward"], result["floor"]["best_explain"]
+    lines.append(
+        f"floor: forward {best_f['images_per_s']:.0f} img/s ({best_f['runtime']}, batch {best_f['batch_size']}); "
+        f"explanation {best_e['images_per_s']:.0f} img/s (batch {best_e['batch_size']})"
+    )
+    return "\n".join(lines)
+
+
+def _environment(threads: int) -> dict[str, Any]:
+    import onnxruntime
+
+    env = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "torch_threads": threads,
+    }
+    try:
+        import quantus
+
+        env["quantus"] = quantus.__version__
+    except Exception as exc:  # recorded, the sclzoo and floor columns still make sense
+        env["quantus"] = f"unavailable: {exc}"
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=["small", "resnet18", "all"], default="all")
+    parser.add_argument("--n", type=int, default=None, help="images (default 64 for small, 16 for resnet18)")
+    parser.add_argument("--method", default="saliency", help="attribution method (default saliency)")
+    parser.add_argument("--out", type=Path, default=REPO / "build" / "bench", help="folder for bench_<model>.json")
+    parser.add_argument("--batch-size", type=int, default=64, help="sclzoo and Quantus batch size (default 64)")
+    parser.add_argument("--floor-batch-sizes", type=lambda s: [int(v) for v in s.split(",")],
+                        default=[64, 256, 1024], help="floor batch sizes, comma-separated (default 64,256,1024)")
+    parser.add_argument("--threads", type=int, default=2, help="torch and onnxruntime threads (default 2)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min-time", type=float, default=0.5, help="seconds per floor configuration (default 0.5)")
+    parser.add_argument("--quantus-timeout", type=float, default=1800.0,
+                        help="seconds per Quantus metric before it is recorded as timed out (default 1800)")
+    parser.add_argument("--skip-quantus", action="store_true", help="time sclzoo and the floor only")
+    args = parser.parse_args(argv)
+    if args.n is not None and args.n < 1:
+        parser.error(f"--n must be positive, got {args.n}")
+
+    torch.set_num_threads(args.threads)
+    import sclzoo  # noqa: F401  (registers the zoo architectures in timm)
+    from sclzoo.evaluator.attributions import METHODS
+
+    METHODS.get(args.method)  # fails early, with the registry's "did you mean", on an unknown method
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    env = _environment(args.threads)
+    models = ["small", "resnet18"] if args.model == "all" else [args.model]
+    for which in models:
+        result = bench_model(which, args, log)
+        result["environment"] = env
+        print(format_table(result), flush=True)
+        path = args.out / f"bench_{which}.json"
+        path.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
+        print(f"wrote {path}\n", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,382 @@
+"""Objective comparison (metrics.md §4): paired tests between models trained with different objectives.
+
+Two results are compared only when they explain **the same images** under **the same evaluation config**: same
+architecture, dataset, ``indices_sha256`` and config hash. For each (method, metric) both results scored, the
+per-sample scores are paired by ``sample_id``:
+
+- pairs where either score is NaN are dropped (and counted in ``n_dropped_nan``);
+- a two-sided Wilcoxon signed-rank test (``scipy.stats.wilcoxon``, ``zero_method="wilcox"``: zero differences are
+  dropped, counted in ``n_zero``) gives the p-value; when every difference is zero there is nothing to test and
+  p = 1;
+- Holm's step-down correction runs over the tests of one metric family within one comparison (faithfulness,
+  complexity, continuity and randomisation are separate families, as the claim is stated per family);
+- the effect is the median paired difference ``a − b`` in the metric's units with a seeded percentile bootstrap
+  CI; which side is *better* is read from the signed-rank sums (the test's own statistic) in the metric's
+  better direction, so a lower-is-better metric (deletion AUC, complexity, sensitivity) flips the sign.
+
+The **claim check** asks per family whether SupCon (SCL) beats SimCLR (CL) for most (method, metric) pairs, i.e.
+on more than half of the family's tests, significant after Holm at α; CE is compared with each contrastive
+objective the same way. Everything is a pure function of the per-sample scores: same input, same bytes.
+"""
+
+from __future__ import annotations
+
+import warnings
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from sclzoo.errors import ResultError
+
+__all__ = ["SampleScores", "from_result", "holm", "paired_test", "compare_records", "compare_folder",
+           "format_markdown", "OBJECTIVE_NAMES", "ALPHA"]
+
+ALPHA = 0.05
+N_BOOTSTRAP = 2000
+OBJECTIVE_NAMES = {"ce": "CE", "supcon": "SupCon", "simclr": "SimCLR", "triplet": "Triplet"}
+# Comparisons the project asks about, in the orientation the verdict is worded: (first, second).
+PAIR_ORDER: list[tuple[str, str]] = [("supcon", "simclr"), ("ce", "supcon"), ("ce", "simclr")]
+# Comparisons that test a stated claim: (first, second) → the claim's words.
+CLAIMS: dict[tuple[str, str], str] = {("supcon", "simclr"): "SCL beats CL"}
+FAMILY_ORDER = ["faithfulness", "complexity", "continuity", "randomisation"]
+
+
+def objective_name(objective: str) -> str:
+    """Display name of an objective: ``supcon`` → ``SupCon``."""
+    return OBJECTIVE_NAMES.get(objective, objective)
+
+
+@dataclass(frozen=True)
+class SampleScores:
+    """Per-sample scores of one result (one model commit under one evaluation config).
+
+    Attributes:
+        model: Model id (``org/name`` or ``local/<folder>``).
+        name: Display name of the model.
+        commit_sha: The model's commit (40 hex).
+        objective: Training objective (``ce``, ``supcon``, ``simclr``, …).
+        architecture: Architecture name.
+        dataset: Dataset id.
+        indices_sha256: Hash of the evaluated sample indices.
+        config_hash: Hash of the evaluation config.
+        sample_ids: (N,) int64 dataset indices, in the samples file's order.
+        scores: ``{(method, metric): (N,) float64}`` with NaN kept.
+        metrics: ``{metric: {"family": str, "higher_is_better": bool, "version": int}}``.
+        file: The result file, relative to the results folder.
+    """
+
+    model: str
+    name: str
+    commit_sha: str
+    objective: str
+    architecture: str
+    dataset: str
+    indices_sha256: str
+    config_hash: str
+    sample_ids: np.ndarray
+    scores: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    file: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.model}@{self.commit_sha}"
+
+    @property
+    def group_key(self) -> tuple[str, str, str, str]:
+        return (self.architecture, self.dataset, self.indices_sha256, self.config_hash)
+
+
+def from_result(doc: dict[str, Any], samples: Sequence[dict[str, Any]], file: str = "") -> SampleScores:
+    """Builds :class:`SampleScores` from a result document and its per-sample records (``read_samples``)."""
+    ids = np.array([int(s["sample_id"]) for s in samples], dtype=np.int64)
+    scores: dict[tuple[str, str], np.ndarray] = {}
+    metrics: dict[str, dict[str, Any]] = {}
+    for method, per in doc["scores"].items():
+        for metric, agg in per.items():
+            metrics.setdefault(metric, {"family": agg["family"], "higher_is_better": bool(agg["higher_is_better"]),
+                                        "version": int(agg["version"])})
+            scores[(method, metric)] = np.array(
+                [np.nan if s["scores"].get(method, {}).get(metric) is None else s["scores"][method][metric]
+                 for s in samples], dtype=np.float64)
+    m = doc["model"]
+    return SampleScores(model=m["id"], name=m.get("name", m["id"]), commit_sha=m["commit_sha"],
+                        objective=m["objective"], architecture=m["architecture"], dataset=doc["dataset"]["id"],
+                        indices_sha256=doc["dataset"]["indices_sha256"], config_hash=doc["config_hash"],
+                        sample_ids=ids, scores=scores, metrics=metrics, file=file)
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm step-down adjusted p-values (same order as the input; family size = ``len(pvalues)``).
+
+    p_(i) sorted ascending gets (m − i + 1)·p_(i), made monotone by a running maximum and capped at 1.
+    """
+    p = np.asarray(pvalues, dtype=np.float64)
+    m = len(p)
+    if m == 0:
+        return []
+    order = np.argsort(p, kind="stable")
+    adj = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        adj[i] = running
+    return [float(v) for v in adj]
+
+
+def _seed(seed: int, *parts: str) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32("|".join(parts).encode())])
+
+
+def paired_test(a: np.ndarray, b: np.ndarray, higher_is_better: bool, rng: np.random.Generator,
+                n_bootstrap: int = N_BOOTSTRAP) -> dict[str, Any]:
+    """Two-sided Wilcoxon signed-rank test of paired scores, with the median difference and its bootstrap CI.
+
+    Args:
+        a: (N,) scores of the first model (NaN allowed).
+        b: (N,) scores of the second model on the same samples, in the same order.
+        higher_is_better: The metric's direction; decides which side is ``better``.
+        rng: Generator of the bootstrap resamples.
+        n_bootstrap: Number of bootstrap resamples of the paired differences.
+
+    Returns:
+        ``n_pairs`` (pairs without NaN), ``n_dropped_nan``, ``n_zero`` (zero differences, dropped by the test),
+        ``statistic`` (min of the signed-rank sums) and ``p_value`` (None when no pair is left),
+        ``median_diff`` and ``median_diff_ci95`` of ``a − b``, and ``better``: ``"a"``, ``"b"`` or None by the
+        signed-rank sums in the metric's better direction (not yet a significance statement).
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    keep = ~(np.isnan(a) | np.isnan(b))
+    d = a[keep] - b[keep]
+    out: dict[str, Any] = {"n_pairs": int(keep.sum()), "n_dropped_nan": int((~keep).sum()), "n_zero": 0,
+                           "statistic": None, "p_value": None, "median_diff": None,
+                           "median_diff_ci95": [None, None], "better": None}
+    if len(d) == 0:
+        return out
+    nz = d[d != 0]
+    out["n_zero"] = int(len(d) - len(nz))
+    out["median_diff"] = float(np.median(d))
+    boot = np.median(d[rng.integers(0, len(d), size=(n_bootstrap, len(d)))], axis=1)
+    lo, hi = np.quantile(boot, [0.025, 0.975])
+    out["median_diff_ci95"] = [float(lo), float(hi)]
+    if len(nz) == 0:  # every pair is tied: no evidence either way
+        out["statistic"], out["p_value"] = 0.0, 1.0
+        return out
+    ranks = stats.rankdata(np.abs(nz))
+    r_plus, r_minus = float(ranks[nz > 0].sum()), float(ranks[nz < 0].sum())
+    with warnings.catch_warnings():  # scipy notes when it falls back to the normal approximation
+        warnings.simplefilter("ignore")
+        res = stats.wilcoxon(nz, zero_method="wilcox", alternative="two-sided")
+    out["statistic"] = float(res.statistic)
+    out["p_value"] = float(res.pvalue)
+    adv_a = r_plus - r_minus if higher_is_better else r_minus - r_plus
+    out["better"] = "a" if adv_a > 0 else "b" if adv_a < 0 else None
+    return out
+
+
+def _order_pair(x: SampleScores, y: SampleScores) -> tuple[SampleScores, SampleScores]:
+    if (y.objective, x.objective) in PAIR_ORDER:
+        return y, x
+    if (x.objective, y.objective) in PAIR_ORDER:
+        return x, y
+    return (x, y) if (x.objective, x.key) <= (y.objective, y.key) else (y, x)
+
+
+def _pair_rank(a: SampleScores, b: SampleScores) -> tuple[int, str, str]:
+    pair = (a.objective, b.objective)
+    return (PAIR_ORDER.index(pair) if pair in PAIR_ORDER else len(PAIR_ORDER), a.key, b.key)
+
+
+def _label(r: SampleScores, group: Sequence[SampleScores]) -> str:
+    """Objective name, plus the model when the group holds several models of that objective."""
+    same = [g for g in group if g.objective == r.objective]
+    if len(same) == 1:
+        return objective_name(r.objective)
+    return f"{objective_name(r.objective)} ({r.name}@{r.commit_sha[:7]})"
+
+
+def _verdict(a_label: str, b_label: str, family: str, k: int, j: int, n: int, alpha: float,
+             claim: str | None) -> tuple[str, bool]:
+    if n == 0:
+        return f"{family}: no testable (method, metric) pair.", False
+    text = (f"{family}: {a_label} beats {b_label} on {k} of {n} (method, metric) pairs at α={alpha:g} after Holm; "
+            f"{b_label} beats {a_label} on {j}; {n - k - j} not significant")
+    majority = k > n / 2
+    if claim is not None:
+        text += f" → “{claim}” {'holds' if majority else 'does not hold'} for most pairs."
+    elif majority:
+        text += f" → {a_label} is better on most pairs."
+    elif j > n / 2:
+        text += f" → {b_label} is better on most pairs."
+    else:
+        text += " → neither is better on most pairs."
+    return text, majority
+
+
+def _compare_two(a: SampleScores, b: SampleScores, group: Sequence[SampleScores], alpha: float, seed: int,
+                 n_bootstrap: int) -> dict[str, Any]:
+    common, ia, ib = np.intersect1d(a.sample_ids, b.sample_ids, assume_unique=False, return_indices=True)
+    a_label, b_label = _label(a, group), _label(b, group)
+    tests: list[dict[str, Any]] = []
+    for method, metric in sorted(set(a.scores) & set(b.scores)):
+        meta = a.metrics[metric]
+        if b.metrics.get(metric, {}).get("version") != meta["version"]:
+            continue  # never compare different metric versions (the config hash already rules this out)
+        t = paired_test(a.scores[(method, metric)][ia], b.scores[(method, metric)][ib], meta["higher_is_better"],
+                        _seed(seed, a.key, b.key, method, metric), n_bootstrap)
+        tests.append({"method": method, "metric": metric, "family": meta["family"],
+                      "higher_is_better": meta["higher_is_better"], **t})
+    def fam_key(f: str) -> tuple[int, str]:
+        return (FAMILY_ORDER.index(f) if f in FAMILY_ORDER else len(FAMILY_ORDER), f)
+
+    tests.sort(key=lambda t: (fam_key(t["family"]), t["method"], t["metric"]))
+    families = sorted({t["family"] for t in tests}, key=fam_key)
+    claim = CLAIMS.get((a.objective, b.objective))
+    verdicts = []
+    for fam in families:
+        ft = [t for t in tests if t["family"] == fam and t["p_value"] is not None]
+        for t, p in zip(ft, holm([t["p_value"] for t in ft]), strict=True):
+            t["p_holm"] = p
+            t["significant"] = bool(p < alpha)
+            t["winner"] = (a.objective if t["better"] == "a" else b.objective) if t["significant"] else None
+        k = sum(1 for t in ft if t["significant"] and t["better"] == "a")
+        j = sum(1 for t in ft if t["significant"] and t["better"] == "b")
+        text, majority = _verdict(a_label, b_label, fam, k, j, len(ft), alpha, claim)
+        verdicts.append({"family": fam, "n": len(ft), "a_wins": k, "b_wins": j, "not_significant": len(ft) - k - j,
+                         "majority": majority, "claim": claim, "text": text})
+    for t in tests:
+        if t["p_value"] is None:
+            t.update(p_holm=None, significant=False, winner=None)
+    return {
+        "a": {"model": a.model, "name": a.name, "commit_sha": a.commit_sha, "objective": a.objective,
+              "label": a_label, "file": a.file},
+        "b": {"model": b.model, "name": b.name, "commit_sha": b.commit_sha, "objective": b.objective,
+              "label": b_label, "file": b.file},
+        "n_common_samples": int(len(common)),
+        "claim": claim,
+        "tests": tests,
+        "verdicts": verdicts,
+    }
+
+
+def compare_records(records: Iterable[SampleScores], alpha: float = ALPHA, seed: int = 0,
+                    n_bootstrap: int = N_BOOTSTRAP) -> dict[str, Any]:
+    """Every objective comparison the records allow.
+
+    Args:
+        records: Per-sample scores of results (any number, any configs).
+        alpha: Significance level after Holm.
+        seed: Seed of the bootstrap CIs (per test it is combined with the models, method and metric).
+        n_bootstrap: Bootstrap resamples per CI.
+
+    Returns:
+        ``{"alpha", "method", "groups": [...], "claim_check": [...]}``; a group holds the results that explain the
+        same images under the same config, its ``comparisons`` one entry per pair of models with different
+        objectives, each with ``tests`` (one per (method, metric)) and ``verdicts`` (one per family).
+        ``claim_check`` repeats the verdicts of the claim comparisons and of CE vs each contrastive objective.
+    """
+    by_group: dict[tuple[str, str, str, str], list[SampleScores]] = {}
+    for r in records:
+        by_group.setdefault(r.group_key, []).append(r)
+    groups = []
+    claim_check = []
+    for gk in sorted(by_group):
+        members = sorted(by_group[gk], key=lambda r: (r.objective, r.key))
+        pairs = [_order_pair(x, y) for i, x in enumerate(members) for y in members[i + 1:]
+                 if x.objective != y.objective]
+        comparisons = [_compare_two(a, b, members, alpha, seed, n_bootstrap)
+                       for a, b in sorted(pairs, key=lambda p: _pair_rank(*p))]
+        arch, dataset, indices, config_hash = gk
+        note = None
+        if len({m.objective for m in members}) < 2:
+            note = "only one objective evaluated on these images under this config: nothing to compare"
+        groups.append({"architecture": arch, "dataset": dataset, "indices_sha256": indices,
+                       "config_hash": config_hash, "n_samples": int(len(members[0].sample_ids)),
+                       "models": [{"model": m.model, "name": m.name, "commit_sha": m.commit_sha,
+                                   "objective": m.objective, "file": m.file} for m in members],
+                       "comparisons": comparisons, "note": note})
+        for c in comparisons:
+            pair = (c["a"]["objective"], c["b"]["objective"])
+            if pair in PAIR_ORDER:
+                for v in c["verdicts"]:
+                    claim_check.append({"config_hash": config_hash, "dataset": dataset, "architecture": arch,
+                                        "a": c["a"]["label"], "b": c["b"]["label"], "family": v["family"],
+                                        "claim": c["claim"], "holds": v["majority"], "text": v["text"]})
+    return {
+        "alpha": alpha,
+        "method": {"test": "Wilcoxon signed-rank, two-sided (scipy.stats.wilcoxon, zero_method='wilcox')",
+                   "pairs": "by sample_id; pairs with a NaN score dropped and counted",
+                   "correction": "Holm per (comparison, metric family)",
+                   "effect": "median paired difference a − b, percentile bootstrap 95% CI",
+                   "bootstrap": {"n_resamples": n_bootstrap, "seed": seed},
+                   "majority": "a claim holds for a family when the first objective wins more than half of its "
+                               "(method, metric) tests"},
+        "groups": groups,
+        "claim_check": claim_check,
+    }
+
+
+def compare_folder(results_dir: str | Path, alpha: float = ALPHA, seed: int = 0) -> dict[str, Any]:
+    """:func:`compare_records` over every result (with its per-sample file) under ``results_dir``."""
+    from sclzoo.evaluator.results import read_result, read_samples
+
+    root = Path(results_dir)
+    if not root.is_dir():
+        raise ResultError(f"results folder {str(root)!r} does not exist; run `sclzoo evaluate` first")
+    records = []
+    for f in sorted(root.rglob("*.json")):
+        doc = read_result(f)
+        if doc.get("schema_version") != 1 or "scores" not in doc:
+            continue
+        records.append(from_result(doc, read_samples(f), str(f.relative_to(root))))
+    return compare_records(records, alpha=alpha, seed=seed)
+
+
+def _fmt(v: float | None, digits: int = 3) -> str:
+    return "–" if v is None else f"{v:.{digits}g}"
+
+
+def _p(v: float | None) -> str:
+    if v is None:
+        return "–"
+    return f"{v:.2e}" if v < 1e-3 else f"{v:.3f}"
+
+
+def format_markdown(report: dict[str, Any]) -> str:
+    """The comparison as Markdown: the claim check, then one table of tests per comparison."""
+    lines = ["## Objective comparison", ""]
+    if not any(g["comparisons"] for g in report["groups"]):
+        return "\n".join([*lines, "No two objectives were evaluated on the same images under the same config "
+                          "(same architecture, dataset, sample indices and config hash): nothing to compare.", ""])
+    lines += [f"Paired two-sided Wilcoxon signed-rank tests per (method, metric) on the same images, Holm-corrected "
+              f"per metric family, α = {report['alpha']:g}. Δ is the median paired difference (first − second) "
+              "in the metric's units with a bootstrap 95 % CI; ↑/↓ gives the metric's better direction.", "",
+              "### Claim check", ""]
+    for c in report["claim_check"]:
+        lines.append(f"- `{c['config_hash'][:12]}` {c['a']} vs {c['b']} — {c['text']}")
+    lines.append("")
+    for g in report["groups"]:
+        for c in g["comparisons"]:
+            lines += [f"### {c['a']['label']} vs {c['b']['label']} · {g['architecture']} · {g['dataset']} · "
+                      f"config `{g['config_hash'][:12]}`", "",
+                      f"{c['a']['name']}@{c['a']['commit_sha'][:7]} vs {c['b']['name']}@{c['b']['commit_sha'][:7]} "
+                      f"on {c['n_common_samples']} common images.", "",
+                      "| family | method | metric | n pairs (NaN dropped) | Δ median [95% CI] | p | p Holm | better |",
+                      "|---|---|---|---|---|---|---|---|"]
+            for t in c["tests"]:
+                arrow = "↑" if t["higher_is_better"] else "↓"
+                ci = t["median_diff_ci95"]
+                better = objective_name(t["winner"]) if t["winner"] else "n.s."
+                lines.append(f"| {t['family']} | {t['method']} | {t['metric']} {arrow} | {t['n_pairs']} "
+                             f"({t['n_dropped_nan']}) | {_fmt(t['median_diff'])} [{_fmt(ci[0])}, {_fmt(ci[1])}] | "
+                             f"{_p(t['p_value'])} | {_p(t['p_holm'])} | {better} |")
+            lines.append("")
+            lines += [f"- {v['text']}" for v in c["verdicts"]]
+            lines.append("")
+    return "\n".join(lines)

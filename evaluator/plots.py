@@ -1,0 +1,174 @@
+"""Leaderboard figures, rendered with matplotlib's Agg canvas to PNG bytes (no pyplot, no global state).
+
+Every figure is a pure function of its data and writes deterministic bytes: no ``Software`` / date metadata,
+fixed DPI and font sizes, inputs iterated in sorted order by the caller.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["png_bytes", "distributions_figure", "rank_heatmap", "maps_gallery", "OBJECTIVE_COLORS"]
+
+OBJECTIVE_COLORS = {"ce": "#4c72b0", "supcon": "#dd8452", "simclr": "#55a868", "triplet": "#c44e52"}
+_FALLBACK = ["#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd"]
+DPI = 96
+
+
+def _color(objective: str) -> str:
+    if objective in OBJECTIVE_COLORS:
+        return OBJECTIVE_COLORS[objective]
+    return _FALLBACK[sum(map(ord, objective)) % len(_FALLBACK)]
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def png_bytes(fig: Any) -> bytes:
+    """PNG of a figure with no metadata (so the same figure always gives the same bytes)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def distributions_figure(series: Sequence[dict[str, Any]], metrics: Sequence[dict[str, Any]],
+                         methods: Sequence[str]) -> bytes:
+    """Per-sample score distributions: one panel per metric, boxes per method, one colour per objective.
+
+    Args:
+        series: One entry per model: ``{"label", "objective", "values": {(method, metric): (N,) float}}``.
+        metrics: ``{"name", "higher_is_better"}`` per panel, in display order.
+        methods: x-axis order.
+
+    Returns:
+        PNG bytes.
+    """
+    from matplotlib.patches import Patch
+
+    ncols = min(4, max(1, len(metrics)))
+    nrows = math.ceil(len(metrics) / ncols)
+    fig = _figure(3.2 * ncols, 2.6 * nrows + 0.6)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    k = max(1, len(series))
+    width = 0.8 / k
+    for ax, metric in zip(axes.flat, metrics, strict=False):
+        for si, s in enumerate(series):
+            data, pos = [], []
+            for mi, method in enumerate(methods):
+                v = np.asarray(s["values"].get((method, metric["name"]), []), dtype=np.float64)
+                v = v[~np.isnan(v)]
+                if len(v):
+                    data.append(v)
+                    pos.append(mi - 0.4 + width * (si + 0.5))
+            if not data:
+                continue
+            bp = ax.boxplot(data, positions=pos, widths=width * 0.85, patch_artist=True, manage_ticks=False,
+                            flierprops={"markersize": 2, "alpha": 0.5})
+            for box in bp["boxes"]:
+                box.set_facecolor(_color(s["objective"]))
+                box.set_alpha(0.75)
+            for med in bp["medians"]:
+                med.set_color("black")
+        ax.set_xticks(range(len(methods)))
+        ax.set_xticklabels(methods, rotation=20, ha="right", fontsize=7)
+        ax.set_xlim(-0.6, len(methods) - 0.4)
+        ax.set_title(f"{metric['name']} {'↑' if metric['higher_is_better'] else '↓'}", fontsize=9)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.grid(axis="y", alpha=0.3)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.set_visible(False)
+    handles = [Patch(facecolor=_color(s["objective"]), alpha=0.75, label=s["label"]) for s in series]
+    if handles:
+        fig.legend(handles=handles, loc="upper center", ncol=min(4, len(handles)), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / fig.get_figheight()))
+    return png_bytes(fig)
+
+
+def rank_heatmap(row_labels: Sequence[str], col_labels: Sequence[str], ranks: np.ndarray) -> bytes:
+    """Rank heat-map: rows = leaderboard rows (model · method), columns = metrics, cell = rank (1 = best).
+
+    Args:
+        row_labels: (R,) row names.
+        col_labels: (M,) metric names (with their direction arrow).
+        ranks: (R, M) ranks, NaN where a row has no score for the metric.
+
+    Returns:
+        PNG bytes.
+    """
+    r, m = ranks.shape
+    fig = _figure(max(4.0, 1.0 + 0.75 * m + 2.2), max(2.0, 0.8 + 0.32 * r))
+    ax = fig.add_subplot(1, 1, 1)
+    masked = np.ma.masked_invalid(ranks)
+    top = max(1.0, float(np.nanmax(ranks)) if np.isfinite(ranks).any() else 1.0)
+    im = ax.imshow(masked, cmap="viridis_r", vmin=1, vmax=top, aspect="auto")
+    for i in range(r):
+        for j in range(m):
+            v = ranks[i, j]
+            ax.text(j, i, "–" if not np.isfinite(v) else f"{int(v)}", ha="center", va="center", fontsize=7,
+                    color="black" if np.isfinite(v) and v <= (1 + top) / 2 else "white")
+    ax.set_xticks(range(m))
+    ax.set_xticklabels(col_labels, rotation=30, ha="right", fontsize=7)
+    ax.set_yticks(range(r))
+    ax.set_yticklabels(row_labels, fontsize=7)
+    cb = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
+    cb.set_label("rank (1 = best)", fontsize=7)
+    cb.ax.tick_params(labelsize=6)
+    fig.tight_layout()
+    return png_bytes(fig)
+
+
+def maps_gallery(images: np.ndarray | None, rows: Sequence[tuple[str, np.ndarray]],
+                 sample_ids: Sequence[int]) -> bytes:
+    """Example attribution maps: a row of input images, then one row per (model, method).
+
+    Args:
+        images: (K, C, H, W) inputs in [0, 1], or None.
+        rows: ``(label, maps)`` with maps (K, H, W) signed pixel maps; each map is shown on its own symmetric
+            scale (red positive, blue negative), since map magnitudes are not comparable across methods.
+        sample_ids: (K,) dataset indices, used as column titles.
+
+    Returns:
+        PNG bytes.
+    """
+    k = len(sample_ids)
+    n_rows = len(rows) + (1 if images is not None else 0)
+    fig = _figure(1.9 + 1.0 * k, 0.25 + 1.0 * n_rows)
+    axes = fig.subplots(n_rows, k, squeeze=False)
+    r0 = 0
+    if images is not None:
+        for j in range(k):
+            img = np.asarray(images[j], dtype=np.float32)
+            if img.shape[0] == 1:
+                axes[0, j].imshow(img[0], cmap="gray", vmin=0, vmax=1)
+            else:
+                axes[0, j].imshow(np.clip(img.transpose(1, 2, 0), 0, 1))
+            axes[0, j].set_title(f"#{int(sample_ids[j])}", fontsize=7)
+        axes[0, 0].set_ylabel("input", fontsize=7, rotation=0, ha="right", va="center")
+        r0 = 1
+    for i, (label, maps) in enumerate(rows):
+        for j in range(k):
+            ax = axes[r0 + i, j]
+            if j < len(maps):
+                m = np.asarray(maps[j], dtype=np.float32)
+                v = float(np.abs(m).max()) or 1.0
+                ax.imshow(m, cmap="bwr", vmin=-v, vmax=v)
+            if r0 == 0 and i == 0:
+                ax.set_title(f"#{int(sample_ids[j])}", fontsize=7)
+        axes[r0 + i, 0].set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.subplots_adjust(left=1.8 / fig.get_figwidth(), right=0.99, top=1 - 0.22 / fig.get_figheight(),
+                        bottom=0.01, wspace=0.05, hspace=0.08)
+    return png_bytes(fig)

@@ -1,0 +1,94 @@
+"""Synthetic result folders for leaderboard and comparison tests: schema-valid results written with the real
+``evaluator.results`` helpers, per-sample scores chosen by the test, no model and no evaluation."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sclzoo.evaluator.config import EvalConfig
+from sclzoo.evaluator.metrics import METRICS
+from sclzoo.evaluator.results import aggregate, result_path, samples_lines, write_maps, write_result
+
+NAMES = {"ce": "resnet8_cifar.ce_mnist5k", "supcon": "resnet8_cifar.supcon_mnist5k",
+         "simclr": "resnet8_cifar.simclr_mnist5k"}
+
+
+def synthetic_config(methods: list[str], metrics: list[str], n: int, versions: dict[str, int] | None = None,
+                     dataset: str = "mnist5k") -> dict[str, Any]:
+    """A canonical-shaped config (what ``EvalConfig.canonical`` records)."""
+    versions = versions or {}
+    return {"dataset": dataset, "split": "test", "n_samples": n, "selection": "first_n", "target": "predicted",
+            "seed": 0, "methods": {m: {} for m in methods},
+            "metrics": {k: {"version": versions.get(k, METRICS.get(k).version)} for k in metrics},
+            "batch_size": 64, "device": "cpu", "runtime": "torch"}
+
+
+def write_synthetic(root: Path, objective: str, scores: dict[str, dict[str, np.ndarray]], *,
+                    name: str | None = None, revision: str = "r1", sample_ids: np.ndarray | None = None,
+                    versions: dict[str, int] | None = None, accuracy: float = 0.98, maps: bool = True,
+                    samples: bool = True, dataset: str = "mnist5k") -> Path:
+    """Writes one result (+ samples, + maps) whose per-sample scores are ``scores[method][metric]`` (N,)."""
+    name = name or NAMES.get(objective, f"resnet8_cifar.{objective}_mnist5k")
+    methods = sorted(scores)
+    metrics = sorted(next(iter(scores.values())))
+    n = len(next(iter(scores[methods[0]].values())))
+    ids = np.arange(n, dtype=np.int64) if sample_ids is None else np.asarray(sample_ids, dtype=np.int64)
+    cfg = synthetic_config(methods, metrics, n, versions, dataset)
+    config_hash = EvalConfig.hash_of(cfg)
+    commit = hashlib.sha1(f"{name}/{revision}".encode()).hexdigest()
+    repo_id = f"local/{name}"
+    agg = {m: {k: {"family": METRICS.get(k).family, "higher_is_better": METRICS.get(k).higher_is_better,
+                   "version": cfg["metrics"][k]["version"], **aggregate(np.asarray(v, dtype=np.float64), 0)}
+               for k, v in d.items()} for m, d in scores.items()}
+    doc = {
+        "schema_version": 1,
+        "model": {"id": repo_id, "requested_revision": "local", "commit_sha": commit,
+                  "files_sha256": {"model.safetensors": hashlib.sha256(commit.encode()).hexdigest()},
+                  "architecture": "resnet8_cifar", "objective": objective, "num_parameters": 77754,
+                  "source": "local", "name": name},
+        "dataset": {"id": dataset, "split": "test", "n_total": 1000, "n_evaluated": n,
+                    "indices_sha256": hashlib.sha256(ids.astype("<i8").tobytes()).hexdigest(),
+                    "input_range": [0, 1]},
+        "config": cfg,
+        "config_hash": config_hash,
+        "accuracy": {"torch": {"value": accuracy, "n": 1000}, "onnx": None},
+        "scores": agg,
+        "run": {"sclzoo_version": "0.1.0", "git_revision": "synthetic", "command": "synthetic",
+                "started_at": "2025-01-01T00:00:00+00:00", "duration_s": 0.0, "device_name": "cpu",
+                "deterministic": True, "world_size": 1, "versions": {"python": "3.11"}},
+        "provenance": {"source": "local", "verified": False},
+    }
+    path = result_path(root, repo_id, commit, config_hash)
+    zeros = np.zeros(n, dtype=np.int64)
+    lines = samples_lines(ids, zeros, zeros, zeros, {m: {k: np.asarray(v, dtype=np.float64) for k, v in d.items()}
+                                                     for m, d in scores.items()})
+    write_result(path, doc, lines)
+    if not samples:
+        path.with_name(path.stem + ".samples.jsonl.gz").unlink()
+    if maps:
+        rng = np.random.default_rng(len(name) + len(revision))
+        k = min(4, n)
+        yy, xx = np.mgrid[0:12, 0:12]
+        blob = np.exp(-((yy - 6.0) ** 2 + (xx - 6.0) ** 2) / 8.0).astype(np.float32)
+        write_maps(path, {m: (blob[None] * rng.normal(1, 0.3, (k, 1, 1))).astype(np.float32) for m in methods},
+                   ids[:k], rng.uniform(0, 1, (k, 1, 12, 12)).astype(np.float32))
+    return path
+
+
+def shifted_zoo(root: Path, n: int = 30, shift: float = 0.5, seed: int = 0,
+                methods: tuple[str, ...] = ("saliency", "gradcam"),
+                metrics: tuple[str, ...] = ("faithfulness_correlation", "deletion_auc", "sparseness", "complexity"),
+                ) -> dict[str, Path]:
+    """Three objectives on the same images: SupCon better than SimCLR by ``shift`` on every metric in the metric's
+    better direction, CE identical to SimCLR (so CE vs SimCLR has no difference at all)."""
+    rng = np.random.default_rng(seed)
+    base = {m: {k: rng.normal(0.5, 0.1, n) for k in metrics} for m in methods}
+    better = {m: {k: base[m][k] + (shift if METRICS.get(k).higher_is_better else -shift)
+                  + rng.normal(0, 0.01, n) for k in metrics} for m in methods}
+    return {"simclr": write_synthetic(root, "simclr", base),
+            "ce": write_synthetic(root, "ce", {m: {k: v.copy() for k, v in d.items()} for m, d in base.items()}),
+            "supcon": write_synthetic(root, "supcon", better)}

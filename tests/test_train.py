@@ -1,0 +1,238 @@
+"""Training: the record training.json is built from, bit-exact determinism and resume, recipe validation.
+
+Everything trains ``test_resnet_cifar`` on the 8×8 ``digits`` (1,397 train images after a 100-image validation
+split, 21 steps of 64 per epoch), a second or two per run on a CPU.
+
+The recipes widen the network to (8, 16) channels through ``model_args``: with torch 2.14.1 on CPU the weight
+gradient of a channels_last 1×1 stride-2 convolution with fewer than 8 input channels (the 4 → 8 shortcut of the
+default widths) is wrong on every other call with 2 threads and corrupts the heap with 1 thread.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import sclzoo.zoo.train as train_mod
+from sclzoo.errors import ConfigError, UnknownNameError
+from sclzoo.zoo.data import load_dataset
+from sclzoo.zoo.recipe import Recipe, load_recipe
+from sclzoo.zoo.train import CHECKPOINT, TrainOutput, train
+
+RECIPES = Path(__file__).resolve().parent.parent / "zoo" / "recipes"
+STEPS_PER_EPOCH = (1497 - 100) // 64  # the last incomplete batch is dropped
+
+
+def _recipe(objective: str, **over: Any) -> Recipe:
+    d: dict[str, Any] = {
+        "name": f"test_resnet_cifar.{objective}_digits",
+        "arch": "test_resnet_cifar",
+        "dataset": "digits",
+        "objective": objective,
+        "seed": 0,
+        "val_size": 100,
+        "model_args": {"widths": [8, 16]},
+        "optim": {"epochs": 2, "batch_size": 64, "lr": 0.1, "weight_decay": 1e-4},
+        "augment": {"translate_px": 1.0, "crop_ratio": [1.0, 1.0]},
+        "projector_dim": 16,
+        "probe": {"optim": {"epochs": 2, "batch_size": 64, "lr": 0.5, "weight_decay": 0.0, "schedule": "cosine"},
+                  "augment": {"translate_px": 1.0, "crop_ratio": [1.0, 1.0]}},
+    }
+    d.update(over)
+    return Recipe.from_dict(d)
+
+
+def _run(recipe: Recipe, work: Path, **kw: Any) -> TrainOutput:
+    return train(recipe, work, device="cpu", progress=False, **kw)
+
+
+def _assert_same_weights(a: TrainOutput, b: TrainOutput) -> None:
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), f"{k} differs"
+    assert (a.projector is None) == (b.projector is None)
+    if a.projector is not None and b.projector is not None:
+        for (k, va), vb in zip(a.projector.state_dict().items(), b.projector.state_dict().values(), strict=True):
+            assert torch.equal(va, vb), f"projector {k} differs"
+
+
+def _losses(out: TrainOutput) -> dict[str, list[float]]:
+    return {s: [e["loss"] for e in v["history"]] for s, v in out.record["stages"].items()}
+
+
+@pytest.mark.parametrize("objective", ["ce", "supcon"])
+def test_train_record(objective: str, tmp_path: Path) -> None:
+    out = _run(_recipe(objective), tmp_path)
+    rec = out.record
+    contrastive = objective != "ce"
+    assert rec["recipe"] == _recipe(objective).to_dict()
+    assert rec["objective"]["name"] == objective and rec["objective"]["variant"]
+    assert rec["objective"]["params"] == ({"temperature": 0.1, "base_temperature": 0.07} if contrastive
+                                          else {"label_smoothing": 0.0})
+    assert rec["head"] == ("linear_probe" if contrastive else "ce_head")
+    ds = load_dataset("digits", "train")
+    assert rec["dataset"]["id"] == "digits" and rec["dataset"]["split_sha256"] == ds.split_sha256
+    assert (rec["dataset"]["n_train"], rec["dataset"]["n_val"], rec["dataset"]["n_test"]) == (1397, 100, 300)
+    assert rec["dataset"]["mean"] == list(ds.mean) and rec["dataset"]["std"] == list(ds.std)
+    acc = rec["accuracy"]["torch"]
+    assert set(acc) == {"train", "val", "test"}
+    for v in acc.values():
+        assert 0.0 <= v <= 1.0
+    assert acc["test"] > 0.2  # 10 classes: clearly above chance after two short epochs
+    stages = ["pretrain", "probe"] if contrastive else ["train"]
+    assert list(rec["stages"]) == stages
+    for s in stages:
+        hist = rec["stages"][s]["history"]
+        assert [e["epoch"] for e in hist] == [1, 2]
+        assert all(set(e) >= {"epoch", "loss", "train_acc", "seconds"} for e in hist)
+        assert rec["stages"][s]["steps"] == 2 * STEPS_PER_EPOCH
+    assert rec["wall_time_s"] > 0 and rec["hardware"]["device"] == "cpu"
+    if contrastive:
+        assert rec["projector"] == {"in_dim": 16, "hidden_dim": 16, "out_dim": 16, "normalised": True}
+        assert out.projector is not None
+        assert rec["stages"]["pretrain"]["history"][0]["train_acc"] is None  # no labels to score
+    else:
+        assert rec["projector"] is None and out.projector is None
+    # The output is the evaluated classifier: eval mode, CPU, 10 logits, and the record's test accuracy is its.
+    assert not out.model.training
+    with torch.no_grad():
+        pred = out.model(out.test.images).argmax(1)
+    assert float((pred == out.test.labels).double().mean()) == pytest.approx(acc["test"], abs=1e-12)
+    assert (Path(tmp_path) / CHECKPOINT).is_file()
+
+
+def test_training_is_deterministic(tmp_path: Path) -> None:
+    a = _run(_recipe("supcon"), tmp_path / "a")
+    b = _run(_recipe("supcon"), tmp_path / "b")
+    _assert_same_weights(a, b)
+    assert _losses(a) == _losses(b)
+    c = _run(_recipe("supcon", seed=1), tmp_path / "c")
+    assert not torch.equal(a.model.fc.weight, c.model.fc.weight)
+
+
+class _Killed(Exception):
+    """Stands in for a kill signal arriving right after an epoch checkpoint was written."""
+
+
+def _interrupt_after(monkeypatch: pytest.MonkeyPatch, stage: str, epoch: int) -> None:
+    real = train_mod._save_state
+
+    def save_then_die(path: Path, state: dict[str, Any]) -> None:
+        real(path, state)
+        if state["stage"] == stage and state["epoch"] == epoch:
+            raise _Killed
+
+    monkeypatch.setattr(train_mod, "_save_state", save_then_die)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, TrainOutput]:
+    return {obj: _run(_recipe(obj, optim={"epochs": 3, "batch_size": 64, "lr": 0.1}),
+                      tmp_path_factory.mktemp(f"full_{obj}")) for obj in ("ce", "simclr")}
+
+
+@pytest.mark.parametrize(("objective", "stage"), [("ce", "train"), ("simclr", "pretrain"), ("simclr", "probe")])
+def test_resume_gives_identical_weights(objective: str, stage: str, uninterrupted: dict[str, TrainOutput],
+                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    recipe = _recipe(objective, optim={"epochs": 3, "batch_size": 64, "lr": 0.1})
+    with monkeypatch.context() as m:
+        _interrupt_after(m, stage, 1)
+        with pytest.raises(_Killed):
+            _run(recipe, tmp_path)
+    state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    assert (state["stage"], state["epoch"]) == (stage, 1)
+    resumed = _run(recipe, tmp_path, resume=True)
+    full = uninterrupted[objective]
+    _assert_same_weights(resumed, full)
+    assert _losses(resumed) == _losses(full)
+    assert resumed.record["accuracy"] == full.record["accuracy"]
+
+
+def test_max_steps_stops_every_stage(tmp_path: Path) -> None:
+    out = _run(_recipe("supcon"), tmp_path, max_steps=STEPS_PER_EPOCH)
+    assert out.record["max_steps"] == STEPS_PER_EPOCH
+    for s in ("pretrain", "probe"):
+        assert out.record["stages"][s]["steps"] == STEPS_PER_EPOCH
+        assert len(out.record["stages"][s]["history"]) == 1
+
+
+def test_epochs_override_is_recorded(tmp_path: Path) -> None:
+    out = _run(_recipe("ce"), tmp_path, epochs=1)
+    assert out.record["recipe"]["optim"]["epochs"] == 1
+    assert len(out.record["stages"]["train"]["history"]) == 1
+
+
+def test_resume_without_checkpoint_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"--resume found no checkpoint at .*train_state\.pt"):
+        _run(_recipe("ce"), tmp_path, resume=True)
+
+
+def test_resume_from_unreadable_checkpoint_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / CHECKPOINT).write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match=r"unreadable.*delete it and train again without --resume"):
+        _run(_recipe("ce"), tmp_path, resume=True)
+
+
+def test_unknown_objective_is_reported_before_training(tmp_path: Path) -> None:
+    with pytest.raises(UnknownNameError, match="Did you mean 'simclr'"):
+        _run(_recipe("simclrr"), tmp_path)
+    with pytest.raises(ConfigError, match=r"'ce' has no parameter\(s\) \['temperature'\]"):
+        _run(_recipe("ce", loss={"temperature": 0.5}), tmp_path)
+
+
+def _base() -> dict[str, Any]:
+    return {"name": "x", "arch": "test_resnet_cifar", "dataset": "digits", "objective": "ce"}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"epochs": 3}, r"unknown key\(s\) \['epochs'\] in recipe"),
+        ({"optim": {"epoch": 3}}, r"unknown key\(s\) \['epoch'\] in recipe\.optim"),
+        ({"probe": {"optim": {"lrate": 1.0}}}, r"unknown key\(s\) \['lrate'\] in recipe\.probe\.optim"),
+        ({"probe": {"epochs": 3}}, r"unknown key\(s\) \['epochs'\] in recipe\.probe"),
+        ({"augment": {"flip": True}}, r"unknown key\(s\) \['flip'\] in \[recipe\.augment\]"),
+        ({"arch": ""}, r"needs a string 'arch'"),
+        ({"objective": 3}, r"needs a string 'objective' \(got 3\)"),
+        ({"seed": "0"}, r"recipe\.seed must be an integer, got '0'"),
+        ({"val_size": True}, r"recipe\.val_size must be an integer"),
+        ({"loss": 0.1}, r"recipe\.loss must be a table"),
+        ({"optim": {"epochs": "ten"}}, r"recipe\.optim\.epochs must be a number, got 'ten'"),
+        ({"optim": {"epochs": 2.5}}, r"recipe\.optim\.epochs must be an integer, got 2\.5"),
+        ({"optim": {"lr": True}}, r"recipe\.optim\.lr must be a number"),
+        ({"optim": {"schedule": "linear"}}, r"schedule 'linear' is unknown; use one of onecycle, cosine, step"),
+        ({"optim": {"epochs": 0}}, r"must be positive"),
+    ],
+)
+def test_bad_recipe_is_a_config_error(change: dict[str, Any], message: str) -> None:
+    d = _base()
+    d.update(copy.deepcopy(change))
+    with pytest.raises(ConfigError, match=message):
+        Recipe.from_dict(d)
+
+
+def test_recipe_round_trip_and_files(tmp_path: Path) -> None:
+    r = _recipe("supcon")
+    assert Recipe.from_dict(r.to_dict()) == r
+    assert Recipe.from_dict({**_base(), "optim": {"epochs": 4.0}}).optim.epochs == 4  # TOML may write 4.0
+    shipped = sorted(RECIPES.glob("*.toml"))
+    assert shipped
+    for p in shipped:
+        rec = load_recipe(p)
+        assert p.stem == rec.name
+    with pytest.raises(ConfigError, match=r"does not exist; pass --config"):
+        load_recipe(tmp_path / "nope.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("name = [unclosed\n")
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        load_recipe(bad)
+    typo = tmp_path / "typo.toml"
+    typo.write_text('name = "x"\narch = "test_resnet_cifar"\ndataset = "digits"\nobjective = "ce"\n'
+                    "[optim]\nbatchsize = 64\n")
+    with pytest.raises(ConfigError, match=r"\['batchsize'\] in typo\.toml\.optim"):
+        load_recipe(typo)
