@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
-import pytest
-import torch
+# huggingface_hub reads these when it is first imported (sclzoo imports it through timm): set them before, so
+# in-process Hub code can never reach a real endpoint or the user's cache.
+if not os.environ.get("HF_ENDPOINT", "").startswith("http://127.0.0.1"):
+    os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"  # discard port: nothing leaves the machine
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="sclzoo-test-hf-")
+os.environ.pop("HF_HUB_CACHE", None)
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
-import sclzoo  # noqa: F401  (registers the zoo architectures in timm)
+import huggingface_hub.constants as hf_constants  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import sclzoo  # noqa: E402,F401  (registers the zoo architectures in timm)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ZOO_MODELS = REPO_ROOT / "zoo" / "models"
@@ -25,9 +35,9 @@ def _isolated_hub(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     home = tmp_path_factory.mktemp("hf_home")
     monkeypatch.setenv("HF_HOME", str(home))
     monkeypatch.setenv("HF_HUB_CACHE", str(home / "hub"))
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-    if not os.environ.get("HF_ENDPOINT", "").startswith("http://127.0.0.1"):
-        monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: nothing leaves the machine
+    monkeypatch.setattr(hf_constants, "HF_HOME", str(home))
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(home / "hub"))
+    assert hf_constants.ENDPOINT.startswith("http://127.0.0.1"), hf_constants.ENDPOINT
 
 
 @pytest.fixture(autouse=True, scope="session")
