@@ -15,7 +15,7 @@ ZOO     := $(DEMO_ZOO) resnet8_cifar.triplet_mnist5k
 DEMO_METHODS ?= saliency,integrated_gradients,gradcam
 DEMO_METRICS ?= faithfulness_correlation,deletion_auc,insertion_auc,sparseness,complexity,effective_complexity,max_sensitivity,avg_sensitivity
 
-.PHONY: install demo test test-all lint zoo cards cards-check clean help
+.PHONY: install demo test test-all lint zoo cards cards-check leaderboard clean help bench
 
 help:
 	@echo "make install   create $(VENV) and install sclzoo with pinned torch (idempotent)"
@@ -25,6 +25,7 @@ help:
 	@echo "make zoo       retrain and re-export the bundled zoo from zoo/recipes/"
 	@echo "make cards     re-render the model cards (README.md) of the bundled zoo from their data"
 	@echo "make cards-check  fail with a diff when a bundled model card drifted from its data"
+	@echo "make leaderboard  evaluate registry models without a result (standard preset), rebuild leaderboard/"
 
 install: $(STAMP) $(OLAH_STAMP)
 
@@ -73,5 +74,18 @@ cards: install
 cards-check: install
 	$(BIN)/python -m sclzoo.zoo.cards --check
 
+# Registry-driven update (what the CI leaderboard job runs): evaluates only the zoo/registry.toml entries whose
+# (commit sha, config hash) has no result in $(LB_RESULTS), then rebuilds $(LB_OUT) from all results.
+# Extra options go in LEADERBOARD_ARGS, e.g. LEADERBOARD_ARGS="--provenance ci --skip-unavailable".
+LB_RESULTS ?= leaderboard/results
+LB_OUT     ?= leaderboard
+LB_PRESET  ?= standard
+leaderboard: $(STAMP)
+	$(BIN)/sclzoo leaderboard-update --preset $(LB_PRESET) --results $(LB_RESULTS) --out $(LB_OUT) $(LEADERBOARD_ARGS)
+
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
+
+# Timing of sclzoo's metric suite vs Quantus 0.6.0 vs the model-call floor (minutes; run on a quiet machine).
+bench: install
+	$(BIN)/python bench/bench_metrics.py --out build/bench

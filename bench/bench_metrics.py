@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import functools
 import json
 import math
 import platform
@@ -56,8 +57,13 @@ SUITE = (
     "infidelity",
     "local_lipschitz_estimate",
 )
-#: Quantus' AUC helper calls np.trapz, removed in numpy 2.4: the bench takes Quantus' curve and integrates it.
-_trapezoid = getattr(np, "trapezoid", None) or np.trapz
+
+
+def _trapezoid_over_k(curve: np.ndarray) -> np.ndarray:
+    """Trapezoid area of c_0..c_K on unit steps / K, per row. Quantus' own AUC helper calls np.trapz, removed in
+    numpy 2.4, so the bench takes Quantus' curve and integrates it here. (N, K+1) → (N,)."""
+    k = curve.shape[1] - 1
+    return (curve.sum(axis=1) - 0.5 * (curve[:, 0] + curve[:, -1])) / k
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -96,15 +102,16 @@ def quantus_metric(name: str, p: dict[str, Any], h: int, w: int) -> tuple[Any, d
     """
     import quantus
     from quantus.functions.perturb_func import batch_gaussian_noise
+    from quantus.functions.similarity_func import correlation_pearson
 
-    per_sample = {"normalise_axes": (1, 2, 3)}
-    common = {"return_aggregate": False, "disable_warnings": True, "display_progressbar": False}
+    per_sample: dict[str, Any] = {"normalise_axes": (1, 2, 3)}
+    common: dict[str, Any] = {"return_aggregate": False, "disable_warnings": True, "display_progressbar": False}
     if name == "faithfulness_correlation":
         return quantus.FaithfulnessCorrelation(
             nr_runs=p["n_draws"],
             subset_size=p["subset_size"],
             perturb_baseline=p["baseline"],
-            similarity_func=quantus.similarity_func.correlation_pearson,
+            similarity_func=correlation_pearson,
             abs=False,
             normalise=False,
             **common,
@@ -294,7 +301,7 @@ def measure_floor(
     explain: list[dict[str, Any]] = []
     for b in batch_sizes:
         xb, yb = tile(b), target_all[:b]
-        rate = best_rate(lambda xb=xb, yb=yb: attribute(method, model, xb, yb), b, min_time)
+        rate = best_rate(functools.partial(attribute, method, model, xb, yb), b, min_time)
         explain.append({"runtime": "eager_nchw", "batch_size": b, "images_per_s": rate})
         log(f"  floor explain  {method:<14} batch {b:>5}: {rate:10.1f} img/s")
     best_f = max(forward, key=lambda r: r["images_per_s"])
@@ -337,7 +344,7 @@ def run_sclzoo(
     )
     out = {}
     for name in SUITE:
-        dt, scores = timed(lambda name=name: compute(name, ctx, **params[name]))
+        dt, scores = timed(functools.partial(compute, name, ctx, **params[name]))
         out[name] = (dt, scores.numpy())
     return out
 
@@ -366,9 +373,15 @@ def run_quantus(
         try:
             with deadline(timeout):
                 dt, res = timed(
-                    lambda metric=metric, kwargs=kwargs: metric(
-                        model=model, x_batch=x_np, y_batch=y_np, a_batch=a_np, channel_first=True,
-                        batch_size=batch_size, **kwargs,
+                    functools.partial(
+                        metric,
+                        model=model,
+                        x_batch=x_np,
+                        y_batch=y_np,
+                        a_batch=a_np,
+                        channel_first=True,
+                        batch_size=batch_size,
+                        **kwargs,
                     )
                 )
         except Exception as exc:  # a reference failing must not stop the benchmark; it is recorded
@@ -376,11 +389,12 @@ def run_quantus(
             out[name] = (None, None)
             continue
         scores = np.asarray(res, dtype=np.float64)
-        if name == "deletion_auc":  # (N, K) curve c_1..c_K → sclzoo's trapezoid over c_0..c_K / K (c_0 untimed)
+        if name == "deletion_auc":
+            # Quantus' (N, K) curve c_1..c_K → sclzoo's trapezoid over c_0..c_K / K; c_0 is computed untimed.
             with torch.no_grad():
                 c0 = model(x).double().softmax(dim=1).gather(1, target[:, None])[:, 0].numpy()
             curve = np.concatenate([c0[:, None], scores], axis=1)
-            scores = _trapezoid(curve, axis=1) / params[name]["steps"]
+            scores = _trapezoid_over_k(curve)
         out[name] = (dt, scores)
     return out
 

@@ -43,6 +43,7 @@ Examples:
   sclzoo evaluate --model supcon-resnet8-mnist --n-samples 64
   sclzoo evaluate --model org/name --revision v1 --preset standard
   sclzoo leaderboard results/ --out leaderboard/
+  sclzoo leaderboard-update --dry-run          # registry models without a result
   sclzoo train --config zoo/recipes/resnet8_cifar.ce_mnist5k.toml --export out/ce
 
 Set SCLZOO_DEBUG=1 to see tracebacks.
@@ -210,6 +211,9 @@ Examples:
   sclzoo evaluate --model zoo/models/resnet8_cifar.ce_mnist5k --methods saliency,gradcam --metrics sparseness
   sclzoo evaluate --model org/name --revision v1 --preset quick --device cuda
   sclzoo evaluate --model simclr-resnet8-mnist --dry-run        # print config and cost, run nothing
+  sclzoo evaluate --model supcon-resnet8-mnist --resume         # continue an interrupted run
+  sclzoo evaluate --model ce-resnet8-mnist --selection stratified --n-samples 100
+  torchrun --nproc_per_node=2 -m sclzoo evaluate --model supcon-resnet8-mnist   # shard over 2 processes
 """)
 @click.option("--model", "model_ref", required=True,
               help="Zoo alias, model folder, local-dir:PATH, hf-hub:org/name or org/name.")
@@ -218,7 +222,9 @@ Examples:
               help="Number of images, methods and metrics (default: standard).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="Evaluation config TOML (keys of EvalConfig).")
-@click.option("--n-samples", type=click.IntRange(min=1), default=None, help="Explain the first N test images.")
+@click.option("--n-samples", type=click.IntRange(min=1), default=None, help="Number of images to explain.")
+@click.option("--selection", type=click.Choice(["first", "stratified"]), default=None,
+              help="Which images: the first N of the split (default) or a seeded class-stratified subset.")
 @click.option("--methods", default=None, help="Comma-separated attribution methods (sclzoo ls methods).")
 @click.option("--metrics", default=None, help="Comma-separated metrics (sclzoo ls metrics).")
 @click.option("--dataset", default=None, help="Dataset id (default: the model's own).")
@@ -231,19 +237,22 @@ Examples:
               help="Runtime of forward-only work (accuracy).")
 @click.option("--out", "out_dir", default="results", show_default=True, type=click.Path(file_okay=False),
               help="Results root folder.")
-@click.option("--force", is_flag=True, help="Recompute even if this (model commit, config) has a result.")
+@click.option("--force", is_flag=True,
+              help="Recompute even if this (model commit, config) has a result; discard a checkpoint.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint (<hash>.partial/).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and its cost; run nothing.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def evaluate_cmd(model_ref: str, revision: str | None, preset: str | None, config_file: str | None,
-                 n_samples: int | None, methods: str | None, metrics: str | None, dataset: str | None,
-                 target: str | None, seed: int | None, batch_size: int | None, device: str | None,
-                 runtime: str | None, out_dir: str, force: bool, dry_run: bool, quiet: bool) -> None:
+                 n_samples: int | None, selection: str | None, methods: str | None, metrics: str | None,
+                 dataset: str | None, target: str | None, seed: int | None, batch_size: int | None,
+                 device: str | None, runtime: str | None, out_dir: str, force: bool, resume: bool, dry_run: bool,
+                 quiet: bool) -> None:
     """Explain a model's predictions and score the explanations; write a result JSON."""
     from sclzoo.evaluator.api import build_config, evaluate
 
     cfg = build_config(None, preset if preset or config_file else "standard", config_file, n_samples=n_samples,
-                       methods=_split(methods), metrics=_split(metrics), dataset=dataset, target=target, seed=seed,
-                       batch_size=batch_size, device=device, runtime=runtime)
+                       selection=selection, methods=_split(methods), metrics=_split(metrics), dataset=dataset,
+                       target=target, seed=seed, batch_size=batch_size, device=device, runtime=runtime)
     if dry_run:
         from sclzoo.evaluator.runner import estimate_cost, resolve_specs
 
@@ -252,8 +261,15 @@ def evaluate_cmd(model_ref: str, revision: str | None, preset: str | None, confi
             {"dataset": cfg.dataset or "<model's dataset>", "methods": methods_p, "metrics": metrics_p}),
             "cost": estimate_cost(cfg)}, indent=2, default=str))
         return
-    res = evaluate(model_ref, revision=revision, out=out_dir, config=cfg, force=force, progress=not quiet,
-                   command=" ".join(["sclzoo", *sys.argv[1:]]))
+    try:
+        res = evaluate(model_ref, revision=revision, out=out_dir, config=cfg, force=force, resume=resume,
+                       progress=not quiet, command=" ".join(["sclzoo", *sys.argv[1:]]))
+    except KeyboardInterrupt:
+        click.echo("interrupted: finished batches are checkpointed; run the same command with --resume to "
+                   "continue", err=True)
+        sys.exit(130)
+    if not res.is_main:  # torchrun: rank 0 reports
+        return
     d = res.data
     if res.reused:
         click.echo(f"result exists for this model commit and config (use --force to recompute): {res.path}")
@@ -277,6 +293,39 @@ def evaluate_cmd(model_ref: str, revision: str | None, preset: str | None, confi
         click.echo(f"result → {res.path}")
 
 
+# ------------------------------------------------------------------------------------------------------ explain
+@cli.command("explain", epilog="""\b
+Examples:
+  sclzoo explain --model zoo/models/resnet8_cifar.ce_mnist5k --images 0,5,9 --out maps.png
+  sclzoo explain --model supcon-resnet8-mnist --images 3 --methods saliency,gradcam --target label --out m.png
+""")
+@click.option("--model", "model_ref", required=True,
+              help="Zoo alias, model folder, local-dir:PATH, hf-hub:org/name or org/name.")
+@click.option("--images", required=True, help="Comma-separated positions of images in the split, e.g. 0,5,9.")
+@click.option("--methods", default="saliency,integrated_gradients,gradcam", show_default=True,
+              help="Comma-separated attribution methods (sclzoo ls methods).")
+@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
+@click.option("--revision", default=None, help="Hub branch, tag or commit (default main).")
+@click.option("--dataset", default=None, help="Dataset id (default: the model's own).")
+@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
+@click.option("--target", type=click.Choice(["predicted", "label"]), default="predicted", show_default=True,
+              help="Explain the predicted class or the true label.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of random methods.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+def explain_cmd(model_ref: str, images: str, methods: str, out_file: str, revision: str | None,
+                dataset: str | None, split: str, target: str, seed: int, device: str) -> None:
+    """Draw attribution maps of a few images as a labelled grid (image, signed map and |map| overlay)."""
+    from sclzoo.evaluator.api import explain
+
+    try:
+        positions = [int(v) for v in _split(images) or []]
+    except ValueError:
+        raise ConfigError(f"--images must be comma-separated integers like 0,5,9, got {images!r}") from None
+    path = explain(model_ref, positions, methods=_split(methods) or [], out=out_file, revision=revision,
+                   dataset=dataset, split=split, target=target, seed=seed, device=device)
+    click.echo(f"attribution maps of {len(positions)} image(s) → {path}")
+
+
 # -------------------------------------------------------------------------------------------------- leaderboard
 @cli.command("leaderboard", epilog="""\b
 Examples:
@@ -286,13 +335,55 @@ Examples:
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--quiet", is_flag=True, help="Do not print the Markdown table.")
 def leaderboard_cmd(results_dir: str, out_dir: str, quiet: bool) -> None:
-    """Rank every result in RESULTS_DIR: leaderboard.json and LEADERBOARD.md."""
+    """Rank every result in RESULTS_DIR and compare objectives.
+
+    Writes leaderboard.json, leaderboard.csv (+ .parquet with pyarrow), compare.json, LEADERBOARD.md and a static
+    index.html with figures in img/.
+    """
     from sclzoo.evaluator.leaderboard import write_leaderboard
 
     paths = write_leaderboard(results_dir, out_dir)
     if not quiet:
         click.echo(paths["markdown"].read_text())
-    click.echo(f"leaderboard → {paths['json']}, {paths['markdown']}")
+    click.echo("leaderboard → " + ", ".join(str(p) for p in paths.values()))
+
+
+# ------------------------------------------------------------------------------------------- leaderboard-update
+@cli.command("leaderboard-update", epilog="""\b
+Examples:
+  sclzoo leaderboard-update                                   # registry → leaderboard/results → leaderboard/
+  sclzoo leaderboard-update --dry-run                         # what would be evaluated
+  sclzoo leaderboard-update --registry my.toml --config tiny.toml --results /tmp/r --out /tmp/lb
+  python -m sclzoo.evaluator.update --skip-unavailable        # the same command
+""")
+@click.option("--registry", "registry", type=click.Path(dir_okay=False), default=None,
+              help="Registry TOML of tracked models (default: zoo/registry.toml).")
+@click.option("--results", "results_dir", default="leaderboard/results", show_default=True,
+              type=click.Path(file_okay=False), help="Results root; new results are written here.")
+@click.option("--out", "out_dir", default="leaderboard", show_default=True, type=click.Path(file_okay=False),
+              help="Leaderboard folder, rebuilt from every result in --results.")
+@click.option("--preset", type=click.Choice(["quick", "standard", "paper"]), default=None,
+              help="Evaluation preset (default: standard, unless --config is given).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="Evaluation config TOML (keys of EvalConfig).")
+@click.option("--device", default=None, help="auto (default), cpu or cuda (execution only: not in the hash).")
+@click.option("--provenance", type=click.Choice(["local", "ci"]), default="local", show_default=True,
+              help="Provenance recorded in new results.")
+@click.option("--skip-unavailable", is_flag=True,
+              help="Exit 0 when a registry model cannot be resolved (no bundled copy, not on the Hub).")
+@click.option("--dry-run", is_flag=True, help="Print what would be evaluated; evaluate and write nothing.")
+@click.option("--progress", is_flag=True, help="Show progress bars while evaluating.")
+def leaderboard_update_cmd(registry: str | None, results_dir: str, out_dir: str, preset: str | None,
+                           config_file: str | None, device: str | None, provenance: str, skip_unavailable: bool,
+                           dry_run: bool, progress: bool) -> None:
+    """Evaluate registry models that have no result for this config yet, then rebuild the leaderboard."""
+    from sclzoo.evaluator.api import build_config
+    from sclzoo.evaluator.update import run_update
+
+    cfg = build_config(None, preset if preset or config_file else "standard", config_file, device=device)
+    run_update(cfg, registry=registry, results_dir=results_dir, out_dir=out_dir, skip_unavailable=skip_unavailable,
+               dry_run=dry_run, provenance_source=provenance, progress=progress,
+               command=" ".join(["sclzoo", *sys.argv[1:]]), log=click.echo)
 
 
 # ----------------------------------------------------------------------------------------------------- validate

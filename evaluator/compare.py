@@ -323,19 +323,24 @@ def compare_records(records: Iterable[SampleScores], alpha: float = ALPHA, seed:
 
 
 def compare_folder(results_dir: str | Path, alpha: float = ALPHA, seed: int = 0) -> dict[str, Any]:
-    """:func:`compare_records` over every result (with its per-sample file) under ``results_dir``."""
+    """:func:`compare_records` over every result under ``results_dir``; results whose per-sample file is missing
+    or corrupt are listed in ``skipped``."""
     from sclzoo.evaluator.results import read_result, read_samples
 
     root = Path(results_dir)
     if not root.is_dir():
         raise ResultError(f"results folder {str(root)!r} does not exist; run `sclzoo evaluate` first")
-    records = []
+    records, skipped = [], []
     for f in sorted(root.rglob("*.json")):
         doc = read_result(f)
         if doc.get("schema_version") != 1 or "scores" not in doc:
             continue
-        records.append(from_result(doc, read_samples(f), str(f.relative_to(root))))
-    return compare_records(records, alpha=alpha, seed=seed)
+        rel = f.relative_to(root).as_posix()
+        try:
+            records.append(from_result(doc, read_samples(f), rel))
+        except ResultError:
+            skipped.append(rel)
+    return {**compare_records(records, alpha=alpha, seed=seed), "skipped": skipped}
 
 
 def _fmt(v: float | None, digits: int = 3) -> str:

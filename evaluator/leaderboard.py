@@ -33,7 +33,7 @@ import pandas as pd
 from sclzoo.errors import ResultError
 from sclzoo.evaluator.compare import SampleScores, compare_records, from_result, objective_name
 from sclzoo.evaluator.config import EXECUTION_KEYS
-from sclzoo.evaluator.results import read_maps, read_result, read_samples
+from sclzoo.evaluator.results import read_maps, read_result, read_samples, samples_path
 
 __all__ = ["LoadedResult", "load_results", "collect_rows", "build_leaderboard", "write_leaderboard",
            "format_markdown", "CSV_COLUMNS"]
@@ -78,14 +78,18 @@ def load_results(results_dir: str | Path) -> list[LoadedResult]:
             continue
         problems = []
         samples = maps = None
+        # Messages name files relative to the results folder, so the outputs do not depend on where it lies.
         try:
             samples = read_samples(f)
-        except ResultError as e:
-            problems.append(str(e))
+        except ResultError:
+            state = "corrupt" if samples_path(f).is_file() else "missing"
+            problems.append(f"per-sample file {state}: ranked from its aggregates, left out of the distributions "
+                            "and the objective comparison (evaluate again with --force)")
         try:
             maps = read_maps(f)
-        except ResultError as e:
-            problems.append(str(e))
+        except ResultError:
+            problems.append("example maps file corrupt: left out of the gallery (delete it or evaluate again "
+                            "with --force)")
         out.append(LoadedResult(str(f.relative_to(root).as_posix()), doc, samples, maps, tuple(problems)))
     return out
 

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["png_bytes", "distributions_figure", "rank_heatmap", "maps_gallery", "OBJECTIVE_COLORS"]
+__all__ = ["png_bytes", "distributions_figure", "rank_heatmap", "maps_gallery", "OBJECTIVE_COLORS",
+           "explanation_grid", "explanation_grid_size"]
 
 OBJECTIVE_COLORS = {"ce": "#4c72b0", "supcon": "#dd8452", "simclr": "#55a868", "triplet": "#c44e52"}
 _FALLBACK = ["#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd"]
@@ -171,4 +172,67 @@ def maps_gallery(images: np.ndarray | None, rows: Sequence[tuple[str, np.ndarray
         ax.set_yticks([])
     fig.subplots_adjust(left=1.8 / fig.get_figwidth(), right=0.99, top=1 - 0.22 / fig.get_figheight(),
                         bottom=0.01, wspace=0.05, hspace=0.08)
+    return png_bytes(fig)
+
+
+# ------------------------------------------------------------------------------------------ sclzoo explain
+GRID_CELL_IN = 1.5  # inches per cell of the explanation grid
+GRID_TOP_IN = 0.7  # title band (figure title + two-line column titles)
+
+
+def explanation_grid_size(n_images: int, n_methods: int) -> tuple[int, int]:
+    """(width, height) in pixels of :func:`explanation_grid`'s PNG: 1 + 2·methods columns, one row per image."""
+    cols = 1 + 2 * n_methods
+    return round(cols * GRID_CELL_IN * DPI), round((n_images * GRID_CELL_IN + GRID_TOP_IN) * DPI)
+
+
+def explanation_grid(images: np.ndarray, maps: dict[str, np.ndarray], row_labels: Sequence[str],
+                     title: str = "") -> bytes:
+    """Attribution maps of a few images, one row per image.
+
+    Columns: the image (titled with its id, true label and prediction), then for each method its signed pixel
+    map (diverging colormap, limits ±max|m| of that map, so zero is white) and |m| overlaid on the image.
+
+    Args:
+        images: (K, C, H, W) inputs in [0, 1].
+        maps: ``{method: (K, H, W)}`` signed pixel maps m = Σ_c a_c.
+        row_labels: (K,) caption of each image.
+        title: Figure title (model, target).
+
+    Returns:
+        PNG bytes of exactly :func:`explanation_grid_size` pixels.
+    """
+    from matplotlib import colormaps
+
+    k, methods = images.shape[0], list(maps)
+    width, height = explanation_grid_size(k, len(methods))
+    fig = _figure(width / DPI, height / DPI)
+    axes = fig.subplots(k, 1 + 2 * len(methods), squeeze=False)
+    heat = colormaps["inferno"]
+    for r in range(k):
+        img = np.clip(np.asarray(images[r], dtype=np.float32), 0, 1)
+        gray = img.mean(0)
+        shown = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
+        axes[r, 0].imshow(shown, cmap="gray" if img.shape[0] == 1 else None, vmin=0, vmax=1)
+        axes[r, 0].set_title(row_labels[r], fontsize=7)
+        for j, method in enumerate(methods):
+            m = np.asarray(maps[method][r], dtype=np.float32)
+            lim = float(np.abs(m).max()) or 1.0  # an all-zero map stays white instead of a singular norm
+            ax = axes[r, 1 + 2 * j]
+            ax.imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim)
+            ax.set_title(f"{method}\n±{lim:.2g}" if r == 0 else f"±{lim:.2g}", fontsize=7)
+            rgba = heat(np.abs(m) / lim)
+            rgba[..., 3] = 0.85 * np.abs(m) / lim  # transparent where the map is ~0: the image shows through
+            ax = axes[r, 2 + 2 * j]
+            ax.imshow(gray, cmap="gray", vmin=0, vmax=1)
+            ax.imshow(rgba)
+            if r == 0:
+                ax.set_title(f"|{method}| on image", fontsize=7)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=9, y=1 - 0.06 / fig.get_figheight(), va="top")
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - GRID_TOP_IN / fig.get_figheight(),
+                        wspace=0.06, hspace=0.35)
     return png_bytes(fig)

@@ -1,7 +1,9 @@
 """Result files (artifacts.md §3): aggregation, writing, reading and validation.
 
 A result is ``results/<org>__<name>/<commit_sha>/<config_hash>.json`` with the per-sample scores beside it in
-``<config_hash>.samples.jsonl.gz``. Files are written to a temporary name and renamed, so no reader ever sees half
+``<config_hash>.samples.jsonl.gz``. While a run is in progress its finished batches are checkpointed beside it in
+``<config_hash>.partial/`` (``meta.json`` + one ``batch-<start>.json.gz`` per batch), removed once the result is
+written. Files are written to a temporary name and renamed, so no reader ever sees half
 a result. Numbers are numbers, never strings; NaN never appears in the JSON (per-sample NaNs are ``null`` in the
 samples file and counted in ``n_nan``).
 """
@@ -15,14 +17,19 @@ import os
 import tempfile
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from sclzoo.errors import ResultError
+from sclzoo.errors import ConfigError, ResultError
+
+if TYPE_CHECKING:
+    from sclzoo.evaluator.runner import BatchResult
 
 __all__ = ["aggregate", "bootstrap_ci", "result_path", "write_result", "read_result", "read_samples",
-           "validate_result", "SCHEMA_VERSION", "load_schema", "maps_path", "write_maps", "read_maps"]
+           "validate_result", "SCHEMA_VERSION", "load_schema", "maps_path", "write_maps", "read_maps",
+           "check_writable", "checkpoint_dir", "write_checkpoint_batch", "read_checkpoint", "remove_checkpoint",
+           "write_file"]
 
 SCHEMA_VERSION = 1
 N_BOOTSTRAP = 2000
@@ -243,3 +250,154 @@ def read_maps(result_file: str | Path) -> dict[str, Any] | None:
                           "with --force") from None
     return {"sample_ids": data.get("sample_ids"), "images": data.get("images"),
             "maps": {k[len("map/"):]: v for k, v in sorted(data.items()) if k.startswith("map/")}}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Checkpoints of a run in progress
+# --------------------------------------------------------------------------------------------------------------
+
+CHECKPOINT_FORMAT = 1
+
+
+def check_writable(result_file: str | Path) -> None:
+    """Fails before any computation when the result's folder cannot be created or written.
+
+    Raises:
+        ResultError: a path component is a file, or the nearest existing folder is not writable.
+    """
+    folder = Path(result_file).parent
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ResultError(f"cannot write results under {str(folder)!r}: {str(probe)!r} is a file, not a folder; "
+                          "pass another --out folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ResultError(f"cannot write results under {str(folder)!r} (permission denied on {str(probe)!r}); "
+                          "pass a writable --out folder")
+
+
+def write_file(path: str | Path, data: bytes) -> Path:
+    """Writes ``data`` to ``path`` atomically (a figure, a report); a failure names the path and the fix."""
+    p = Path(path)
+    check_writable(p)
+    try:
+        _atomic_write(p, data)
+    except OSError as e:
+        raise ResultError(f"cannot write {str(p)!r}: {e.strerror or e}; pass another --out path") from None
+    return p
+
+
+def checkpoint_dir(result_file: str | Path) -> Path:
+    """``<config_hash>.partial/`` beside a result: the finished batches of an interrupted run."""
+    p = Path(result_file)
+    return p.with_name(p.name[: -len(".json")] + ".partial")
+
+
+def _batch_file(folder: Path, start: int) -> Path:
+    return folder / f"batch-{start:08d}.json.gz"
+
+
+def write_checkpoint_batch(folder: str | Path, meta: dict[str, Any], batch: BatchResult,
+                           sample_ids: np.ndarray) -> Path:
+    """Saves one finished batch (atomically), creating the checkpoint folder and its ``meta.json`` on first use.
+
+    Args:
+        folder: The checkpoint folder (:func:`checkpoint_dir`).
+        meta: What the checkpoint belongs to (config hash, model commit, batch size, …); checked on resume.
+        batch: The batch's per-sample scores and example maps.
+        sample_ids: (B,) dataset indices of the batch's images.
+
+    Scores are stored as JSON numbers (``NaN``/``Infinity`` literals included), which read back bit-identical.
+    """
+    d = Path(folder)
+    doc = {"start": int(batch.start), "sample_ids": [int(i) for i in sample_ids],
+           "scores": {m: {k: [float(x) for x in v] for k, v in per.items()} for m, per in batch.scores.items()},
+           "maps": {m: np.asarray(v, dtype=np.float32).tolist() for m, v in batch.maps.items()}}
+    path = _batch_file(d, batch.start)
+    try:
+        if not (d / "meta.json").is_file():
+            _atomic_write(d / "meta.json", (json.dumps({"format": CHECKPOINT_FORMAT, **meta}, indent=2) + "\n")
+                          .encode())
+        _atomic_write(path, gzip.compress(json.dumps(doc, allow_nan=True).encode(), mtime=0))
+    except OSError as e:
+        raise ResultError(f"cannot write checkpoint {str(path)!r}: {e.strerror or e}; pass another --out "
+                          "folder") from None
+    return path
+
+
+def _corrupt(file: Path, folder: Path, why: object) -> ResultError:
+    return ResultError(f"checkpoint file {str(file)!r} is corrupt ({why}); delete {str(folder)!r} or run with "
+                       "--force to start over")
+
+
+def read_checkpoint(folder: str | Path, meta: dict[str, Any], sample_ids: np.ndarray) -> dict[int, BatchResult]:
+    """The finished batches of an interrupted run, checked against the run that resumes them.
+
+    Args:
+        folder: The checkpoint folder; a missing folder means nothing is done yet.
+        meta: This run's checkpoint metadata (must equal the stored ``meta.json``).
+        sample_ids: (N,) dataset indices of all evaluated images (each batch's ids must match its slice).
+
+    Returns:
+        ``{start: BatchResult}``.
+
+    Raises:
+        ResultError: an unreadable, inconsistent or foreign file (the message names it and the fix).
+        ConfigError: the checkpoint was written with another batch size.
+    """
+    import zlib
+
+    from sclzoo.evaluator.runner import BatchResult
+
+    d = Path(folder)
+    if not d.is_dir():
+        return {}
+    meta_file = d / "meta.json"
+    try:
+        found = json.loads(meta_file.read_text())
+    except FileNotFoundError:
+        raise _corrupt(meta_file, d, "missing") from None
+    except (OSError, ValueError) as e:
+        raise _corrupt(meta_file, d, e) from None
+    if not isinstance(found, dict):
+        raise _corrupt(meta_file, d, "not a JSON object")
+    want = {"format": CHECKPOINT_FORMAT, **meta}
+    if found.get("batch_size") != want["batch_size"]:
+        raise ConfigError(f"checkpoint {str(d)!r} was written with --batch-size {found.get('batch_size')} but this "
+                          f"run uses {want['batch_size']}; resume with --batch-size {found.get('batch_size')} or run "
+                          "with --force to start over")
+    differ = sorted(k for k in want if found.get(k) != want[k])
+    if differ:
+        raise _corrupt(meta_file, d, f"its {', '.join(differ)} do not match this run")
+    bs, n = int(want["batch_size"]), len(sample_ids)
+    methods, metrics = list(want["methods"]), list(want["metrics"])
+    batches: dict[int, BatchResult] = {}
+    for f in sorted(d.glob("batch-*.json.gz")):
+        try:
+            doc = json.loads(gzip.decompress(f.read_bytes()))
+            start = int(doc["start"])
+            if f.name != _batch_file(d, start).name or start % bs or not 0 <= start < n:
+                raise ValueError(f"start {start} does not fit its name or a batch of {bs}")
+            ids = sample_ids[start : start + bs]
+            if doc["sample_ids"] != [int(i) for i in ids]:
+                raise ValueError("its sample ids are not those of this run")
+            if list(doc["scores"]) != methods or any(list(doc["scores"][m]) != metrics for m in methods):
+                raise ValueError("its methods or metrics are not those of this run")
+            scores = {m: {k: np.asarray(doc["scores"][m][k], dtype=np.float64) for k in metrics} for m in methods}
+            if any(v.shape != (len(ids),) for per in scores.values() for v in per.values()):
+                raise ValueError(f"its score lists do not have {len(ids)} entries")
+            maps = {m: np.asarray(v, dtype=np.float32) for m, v in doc["maps"].items()}
+            if any(m not in methods or v.ndim != 3 for m, v in maps.items()):
+                raise ValueError("its example maps are malformed")
+        except (OSError, EOFError, zlib.error, ValueError, KeyError, TypeError) as e:
+            raise _corrupt(f, d, str(e) or type(e).__name__) from None
+        batches[start] = BatchResult(start, scores, maps)
+    return batches
+
+
+def remove_checkpoint(folder: str | Path) -> None:
+    """Deletes a checkpoint folder (after its result is written, or to start over)."""
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)

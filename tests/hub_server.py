@@ -34,6 +34,7 @@ an unchanged upload makes no commit, as on the Hub.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import http.client
 import json
@@ -50,7 +51,7 @@ import urllib.request
 from collections.abc import Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from urllib.parse import unquote, urlsplit
 
 __all__ = ["HubServer", "UploadStandIn", "GitMirror", "ensure_olah_python", "free_port", "OLAH_VENV"]
@@ -66,6 +67,10 @@ GIT_ENV = {
     "GIT_COMMITTER_NAME": "sclzoo-test", "GIT_COMMITTER_EMAIL": "test@sclzoo.invalid",
     "GIT_CONFIG_NOSYSTEM": "1", "GIT_TERMINAL_PROMPT": "0",
 }
+
+
+# loopback must never go through a proxy from the environment
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def free_port() -> int:
@@ -436,7 +441,7 @@ class _Handler(BaseHTTPRequestHandler):
         upstream = self.server.standin.upstream
         target = urlsplit(upstream)
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP | {"host", "content-length"}}
-        conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+        conn = http.client.HTTPConnection(target.hostname or "127.0.0.1", target.port, timeout=60)
         try:
             conn.request(self.command, self.path, body=body if body or self.command in ("POST", "PUT") else None,
                          headers=headers)
@@ -502,6 +507,7 @@ class HubServer:
         self.olah_port = free_port()
         self.olah_url = f"http://127.0.0.1:{self.olah_port}"
         self._proc: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
         self.standin: UploadStandIn | None = None
 
     @property
@@ -531,6 +537,7 @@ class HubServer:
         self._log = open(self.workdir / "olah.log", "wb")  # noqa: SIM115 - closed in stop()
         self._proc = subprocess.Popen([str(py), "-m", "olah.server", "-c", "olah.toml"], cwd=self.workdir,
                                       stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        atexit.register(self.stop)  # also when the session dies before its fixture's teardown
         try:
             self._wait_ready()
             self.standin = UploadStandIn(self.mirror, self.olah_url).start()
@@ -548,7 +555,7 @@ class HubServer:
                 raise RuntimeError(f"olah exited with code {self._proc.returncode}; see {self.workdir / 'olah.log'}:\n"
                                    + (self.workdir / "olah.log").read_text(errors="replace")[-2000:])
             try:
-                with urllib.request.urlopen(probe, timeout=2) as r:
+                with _NO_PROXY.open(probe, timeout=2) as r:
                     if r.status == 200:
                         return
             except (urllib.error.URLError, OSError):
@@ -569,8 +576,9 @@ class HubServer:
                 self._proc.kill()
                 self._proc.wait(timeout=10)
             self._proc = None
-        if getattr(self, "_log", None) is not None:
+        if self._log is not None:
             self._log.close()
+            self._log = None
 
     def __enter__(self) -> HubServer:
         return self.start()

@@ -30,17 +30,21 @@ def synthetic_config(methods: list[str], metrics: list[str], n: int, versions: d
 def write_synthetic(root: Path, objective: str, scores: dict[str, dict[str, np.ndarray]], *,
                     name: str | None = None, revision: str = "r1", sample_ids: np.ndarray | None = None,
                     versions: dict[str, int] | None = None, accuracy: float = 0.98, maps: bool = True,
-                    samples: bool = True, dataset: str = "mnist5k") -> Path:
-    """Writes one result (+ samples, + maps) whose per-sample scores are ``scores[method][metric]`` (N,)."""
+                    samples: bool = True, dataset: str = "mnist5k", repo_id: str | None = None,
+                    commit_sha: str | None = None, config_hash: str | None = None) -> Path:
+    """Writes one result (+ samples, + maps) whose per-sample scores are ``scores[method][metric]`` (N,).
+
+    ``repo_id``, ``commit_sha`` and ``config_hash`` override the made-up identity (to stand in for a real model).
+    """
     name = name or NAMES.get(objective, f"resnet8_cifar.{objective}_mnist5k")
     methods = sorted(scores)
     metrics = sorted(next(iter(scores.values())))
     n = len(next(iter(scores[methods[0]].values())))
     ids = np.arange(n, dtype=np.int64) if sample_ids is None else np.asarray(sample_ids, dtype=np.int64)
     cfg = synthetic_config(methods, metrics, n, versions, dataset)
-    config_hash = EvalConfig.hash_of(cfg)
-    commit = hashlib.sha1(f"{name}/{revision}".encode()).hexdigest()
-    repo_id = f"local/{name}"
+    config_hash = config_hash or EvalConfig.hash_of(cfg)
+    commit = commit_sha or hashlib.sha1(f"{name}/{revision}".encode()).hexdigest()
+    repo_id = repo_id or f"local/{name}"
     agg = {m: {k: {"family": METRICS.get(k).family, "higher_is_better": METRICS.get(k).higher_is_better,
                    "version": cfg["metrics"][k]["version"], **aggregate(np.asarray(v, dtype=np.float64), 0)}
                for k, v in d.items()} for m, d in scores.items()}

@@ -27,6 +27,8 @@ import numpy as np
 import pytest
 import timm
 import torch
+from torch import Tensor, nn
+
 from sclzoo.evaluator.attributions import attribute
 from sclzoo.evaluator.metrics import (
     MetricContext,
@@ -37,12 +39,14 @@ from sclzoo.evaluator.metrics import (
     per_sample_draws,
 )
 from sclzoo.zoo.data import load_dataset
-from torch import Tensor, nn
 
 # Importing Quantus 0.6.0 works on numpy 2.4; only its AUC helper (utils.calculate_auc) calls np.trapz, which
 # numpy 2.4 removed. The one test that reaches it patches np.trapz for its own duration (see below).
 quantus = pytest.importorskip("quantus")
 captum_metrics = pytest.importorskip("captum.metrics")
+from quantus.functions.similarity_func import correlation_pearson, distance_euclidean  # noqa: E402
+from quantus.helpers.utils import calculate_auc  # noqa: E402
+
 if quantus.__version__ != "0.6.0":  # the traps below are those of 0.6.0; another version needs a re-read
     pytest.skip(f"written against Quantus 0.6.0, found {quantus.__version__}", allow_module_level=True)
 
@@ -242,7 +246,7 @@ def test_deletion_curve_equals_quantus_pixel_flipping(
     # numpy ≥ 2.4 (trap of §5): patch it for this test only. Then K·deletion_auc = AUC_Quantus + (c_0 + c_1)/2.
     if not hasattr(np, "trapz"):
         monkeypatch.setattr(np, "trapz", np.trapezoid, raising=False)
-    auc_ref = quantus.helpers.utils.calculate_auc(ref, batched=True)  # what return_auc_per_sample=True returns
+    auc_ref = calculate_auc(ref, batched=True)  # what return_auc_per_sample=True returns
     auc_ours = compute("deletion_auc", ctx, steps=steps).numpy()
     np.testing.assert_allclose(auc_ours * steps, auc_ref + 0.5 * (ours[:, 0] + ours[:, 1]), rtol=0, atol=1e-5)
 
@@ -415,7 +419,7 @@ def test_faithfulness_correlation_agrees_with_quantus_in_mean(
     metric = quantus.FaithfulnessCorrelation(
         nr_runs=defaults["n_draws"],  # R = 100
         subset_size=subset,  # Quantus' default 224 is meant for 224² images
-        similarity_func=quantus.similarity_func.correlation_pearson,  # the spec's Pearson (Quantus' default)
+        similarity_func=correlation_pearson,  # the spec's Pearson (Quantus' default)
         abs=False,  # s_r sums the signed map m
         normalise=False,  # Pearson is scale-free, and the default would scale batch-wide (trap of §5)
         perturb_baseline=0.0,  # a number: Quantus' "black" is the sample minimum, not 0 (trap of §5)
@@ -462,8 +466,8 @@ def test_local_lipschitz_estimate_agrees_with_quantus_in_mean(
         normalise_func_kwargs=PER_SAMPLE_MAX,
         abs=False,
         # Both norms ‖·‖₂ (Quantus' defaults: distance_euclidean over the flattened arrays), eps 1e-10 in both.
-        norm_numerator=quantus.similarity_func.distance_euclidean,
-        norm_denominator=quantus.similarity_func.distance_euclidean,
+        norm_numerator=distance_euclidean,
+        norm_denominator=distance_euclidean,
         return_nan_when_prediction_changes=False,  # the spec keeps every draw
         return_aggregate=False,
         disable_warnings=True,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from sclzoo.evaluator.attributions import METHODS, attribute, gradcam_layer, method_defaults
-from sclzoo.evaluator.metrics import sample_generator, stable_seed
 from torch import Tensor, nn
 
 from sclzoo.errors import ConfigError, UnknownNameError
+from sclzoo.evaluator.attributions import METHODS, attribute, gradcam_layer, method_defaults
+from sclzoo.evaluator.metrics import sample_generator, stable_seed
 
 RANDOM_METHODS = ("gradient_shap", "smoothgrad", "expected_gradients")
 

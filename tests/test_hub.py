@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -44,7 +45,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubServer]:
 
 
 @pytest.fixture
-def hub_env(hub: HubServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> HubServer:
+def hub_env(hub: HubServer, monkeypatch: pytest.MonkeyPatch) -> HubServer:
     """Points this process's huggingface_hub (and HF_* variables for subprocesses) at the loopback Hub."""
     _patch_endpoint(monkeypatch, hub.url)
     return hub
@@ -57,6 +58,8 @@ def _patch_endpoint(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
     # so neither the user's cache nor the user's saved token is touched
     home, cache = Path(os.environ["HF_HOME"]), Path(os.environ["HF_HUB_CACHE"])
     monkeypatch.setenv("HF_ENDPOINT", url)
+    for var in ("NO_PROXY", "no_proxy"):  # loopback never through a proxy
+        monkeypatch.setenv(var, "127.0.0.1,localhost")
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "ENDPOINT", url)
@@ -91,7 +94,8 @@ def _sha256_tree(folder: Path) -> dict[str, str]:
 def _sub_env(hf_home: Path, endpoint: str, offline: bool = False) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
     env.update(HF_HOME=str(hf_home), HF_HUB_CACHE=str(hf_home / "hub"), HF_ENDPOINT=endpoint,
-               HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1", OMP_NUM_THREADS="2")
+               HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1", OMP_NUM_THREADS="2",
+               NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
     if offline:
         env["HF_HUB_OFFLINE"] = "1"
     return env
@@ -103,7 +107,7 @@ def _sclzoo(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen
 
 
 def _result_json(out: Path) -> dict[str, Any]:
-    files = [f for f in out.rglob("*.json")]
+    files = list(out.rglob("*.json"))
     assert len(files) == 1, files
     return json.loads(files[0].read_text())
 
@@ -272,7 +276,7 @@ def test_cli_errors_are_one_line_and_write_nothing(hub: HubServer, ce_published:
         lines = [ln for ln in stderr.splitlines() if ln.strip()]
         assert proc.returncode == 1, (name, stderr)
         assert len(lines) == 1, (name, stderr)
-        assert __import__("re").match(pattern, lines[0]), (name, lines[0])
+        assert re.match(pattern, lines[0]), (name, lines[0])
     assert _empty(tmp_path / "out1") and _empty(tmp_path / "out2")
 
 
@@ -299,31 +303,27 @@ def test_publish_cli_prints_sha_and_url_and_replaces_stale_files(
 
 
 def _not_a_zoo_repo(folder: Path) -> None:
+    for f in folder.iterdir():
+        if f.is_dir():
+            shutil.rmtree(f)
+        else:
+            f.unlink()
     (folder / "notes.txt").write_text("hello\n")
 
 
 def _pickle_beside(folder: Path) -> None:
-    shutil.copytree(BUNDLED_CE, folder, dirs_exist_ok=True)
     (folder / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
-
-
-def _stale_hash(folder: Path) -> None:
-    shutil.copytree(BUNDLED_CE, folder, dirs_exist_ok=True)
-    _hash_mismatch(folder)
-
-
-BUNDLED_CE = Path(__file__).resolve().parent.parent / "zoo" / "models" / "resnet8_cifar.ce_mnist5k"
 
 
 @pytest.mark.parametrize(("build", "error", "match"), [
     (_not_a_zoo_repo, ModelLoadError, r"has no config\.json"),
     (_pickle_beside, ModelLoadError, r"contains pickle files \['pytorch_model\.bin'\]"),
-    (_stale_hash, ModelLoadError, r"does not match its sha256"),
-], ids=["no-config", "pickle", "hash-mismatch"])
+    (_hash_mismatch, ModelLoadError, r"does not match its sha256"),
+    (_num_classes_mismatch, ModelLoadError, r"do not fit resnet8_cifar with num_classes=5"),
+], ids=["no-config", "pickle", "hash-mismatch", "num-classes"])
 def test_publish_refuses_invalid_folders(build: Callable[[Path], None], error: type[Exception], match: str,
-                                         hub_env: HubServer, tmp_path: Path) -> None:
-    folder = tmp_path / "repo"
-    folder.mkdir()
+                                         hub_env: HubServer, ce_folder: Path, tmp_path: Path) -> None:
+    folder = Path(shutil.copytree(ce_folder, tmp_path / "repo"))
     build(folder)
     with pytest.raises(error, match=match):
         publish(folder, "sclzoo-test/refused")
@@ -344,12 +344,16 @@ def test_republishing_unchanged_folder_is_a_no_op(hub_env: HubServer, ce_folder:
     assert again.commit_sha == ce_published.commit_sha  # nothing changed: no new commit, as on the Hub
 
 
-def test_publish_bad_id_existing_tag_and_auth(hub_env: HubServer, ce_folder: Path) -> None:
+def test_publish_bad_id_existing_tag_and_auth(hub_env: HubServer, ce_folder: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"not a Hub id"):
         publish(ce_folder, "no-slash")
     first = publish(ce_folder, "sclzoo-test/tagged", tag="v1")
-    with pytest.raises(ConfigError, match=rf"tag 'v1' already exists on 'sclzoo-test/tagged'; commit {first.commit_sha}"):
-        publish(ce_folder, "sclzoo-test/tagged", tag="v1")
+    changed = Path(shutil.copytree(ce_folder, tmp_path / "changed"))
+    (changed / "README.md").write_text("---\nlicense: apache-2.0\n---\nchanged\n")
+    with pytest.raises(ConfigError, match=r"tag 'v1' already exists on 'sclzoo-test/tagged'; pass another --tag"):
+        publish(changed, "sclzoo-test/tagged", tag="v1")
+    api = HfApi(endpoint=hub_env.url, token=False)
+    assert api.model_info("sclzoo-test/tagged", revision="main").sha == first.commit_sha  # nothing uploaded
     assert hub_env.standin is not None
     hub_env.standin.write_tokens = {"hf_writer": "write", "hf_reader": "read"}
     try:

@@ -7,6 +7,9 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from torch import Tensor, nn
+
+from sclzoo.errors import ConfigError, UnknownNameError
 from sclzoo.evaluator.attributions import attribute
 from sclzoo.evaluator.metrics import (
     FAMILIES,
@@ -19,9 +22,6 @@ from sclzoo.evaluator.metrics import (
     spearman,
     ssim,
 )
-from torch import Tensor, nn
-
-from sclzoo.errors import ConfigError, UnknownNameError
 
 #: Cheap parameters for every metric, so the determinism tests run in seconds.
 SMALL = {

@@ -26,8 +26,9 @@ class AugmentConfig:
     """Augmentation recipe; every field is recorded in training.json.
 
     Attributes:
-        crop_scale: Random resized crop area fraction range; (1, 1) disables the crop.
-        crop_ratio: Aspect ratio range of the crop (log-uniform).
+        crop_scale: Random resized crop area fraction range.
+        crop_ratio: Aspect ratio range of the crop (log-uniform). Even with ``crop_scale`` (1, 1) a ratio ≠ 1
+            stretches one axis by up to ~15 %; the crop is off only when both are (1, 1).
         rotate_deg: Rotation drawn uniformly in ±rotate_deg.
         translate_px: Translation drawn uniformly in ±translate_px pixels (both axes).
         hflip: Flip horizontally with p = 0.5 (not for digits).
@@ -56,7 +57,7 @@ class AugmentConfig:
         if unknown:
             raise ConfigError(f"unknown key(s) {unknown} in [{where}]; known keys: {sorted(known)}")
         kw = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        return cls(**kw)
+        return cls(**kw)  # type: ignore[arg-type]
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}

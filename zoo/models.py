@@ -32,6 +32,9 @@ class Normalize(nn.Module):
         std: Same length as ``mean``.
     """
 
+    mean: Tensor
+    std: Tensor
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
@@ -200,7 +203,9 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
     "resnet18_cifar": {"layers": (2, 2, 2, 2), "widths": (64, 128, 256, 512)},
     "resnet20_cifar": {"layers": (3, 3, 3), "widths": (16, 32, 64)},
     "resnet8_cifar": {"layers": (1, 1, 1), "widths": (16, 32, 64)},
-    "test_resnet_cifar": {"layers": (1, 1), "widths": (4, 8)},
+    # Widths ≥ 8: PyTorch 2.14.1 computes wrong weight gradients on CPU for channels_last 1×1 stride-2 convs with
+    # fewer than 8 input channels (seen with 3–6), so the tiny test net stays above that.
+    "test_resnet_cifar": {"layers": (1, 1), "widths": (8, 16)},
 }
 """Zoo architectures: name → CifarResNet arguments. Each is also a timm model entrypoint."""
 
@@ -228,6 +233,6 @@ def resnet8_cifar(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
 
 @register_model
 def test_resnet_cifar(pretrained: bool = False, **kwargs: Any) -> CifarResNet:
-    """A tiny 2-stage network (~1.4 K parameters) for tests."""
+    """A tiny 2-stage network (~5 K parameters) for tests."""
     return _create("test_resnet_cifar", pretrained, ARCHITECTURES["test_resnet_cifar"], **kwargs)
 

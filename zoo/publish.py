@@ -161,8 +161,11 @@ def publish(
         api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
         try:
             remote = api.list_repo_files(repo_id, repo_type="model", revision=BRANCH)
+            tags = {t.name for t in api.list_repo_refs(repo_id, repo_type="model").tags} if tag else set()
         except (RepositoryNotFoundError, RevisionNotFoundError):
-            remote = []  # a new repo has no branch yet
+            remote, tags = [], set()  # a new repo has no branch yet
+        if tag in tags:  # refuse before uploading, so no commit lands without its tag
+            raise ConfigError(f"tag {tag!r} already exists on {repo_id!r}; pass another --tag")
         ops: list[Any] = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(folder / p)) for p in paths]
         ops += [CommitOperationDelete(path_in_repo=p) for p in sorted(set(remote) - set(paths)) if p not in KEEP_ON_HUB]
         info = api.create_commit(repo_id, operations=ops, repo_type="model", revision=BRANCH,
@@ -177,8 +180,8 @@ def publish(
             api.create_tag(repo_id, tag=tag, revision=sha, repo_type="model", tag_message=message or f"{name} {tag}")
         except HfHubHTTPError as e:
             if e.response is not None and e.response.status_code == 409:
-                raise ConfigError(f"tag {tag!r} already exists on {repo_id!r}; commit {sha} was published without "
-                                  "it — pass another --tag") from None
+                raise ConfigError(f"tag {tag!r} already exists on {repo_id!r} (created meanwhile); commit {sha} was "
+                                  "published without it — pass another --tag") from None
             raise _hub_error(e, repo_id, url_base) from None
         except _transport_errors() as e:
             raise _hub_error(e, repo_id, url_base) from None

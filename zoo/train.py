@@ -24,8 +24,8 @@ from tqdm.auto import tqdm
 
 from sclzoo.errors import ConfigError
 from sclzoo.zoo.augment import AugmentConfig, augment_batch
-from sclzoo.zoo.distributed import DistInfo, barrier, init_distributed
 from sclzoo.zoo.data import ImageDataset, load_dataset, stratified_split
+from sclzoo.zoo.distributed import DistInfo, barrier, init_distributed
 from sclzoo.zoo.losses import OBJECTIVES
 from sclzoo.zoo.models import ProjectionHead, encode
 from sclzoo.zoo.recipe import OptimConfig, Recipe
@@ -247,7 +247,7 @@ def train(
     num_classes = train_full.num_classes
 
     torch.manual_seed(recipe.seed)
-    model = timm.create_model(
+    model: Any = timm.create_model(
         recipe.arch,
         in_chans=c,
         num_classes=0 if objective.contrastive else num_classes,
@@ -279,6 +279,9 @@ def train(
             raise ConfigError(f"checkpoint {state_path} is unreadable ({type(e).__name__}); delete it and "
                               "train again without --resume") from None
         for k, m in {"model": model, "projector": projector}.items():
+            # A probe checkpoint's model has the probe head: it is loaded after reset_classifier below.
+            if k == "model" and resume_state["stage"] == "probe":
+                continue
             if m is not None and k in resume_state["modules"]:
                 m.load_state_dict(resume_state["modules"][k])
 
@@ -341,7 +344,9 @@ def train(
             return nn.functional.cross_entropy(logits, yb), int((logits.argmax(1) == yb).sum())
 
         t0 = time.time()
-        probe_modules = {"model": model}
+        probe_modules: dict[str, nn.Module] = {"model": model}
+        if projector is not None:  # not trained by the probe; saved so a resumed run still exports it
+            probe_modules["projector"] = projector
         probe_resume = resume_state if resume_state is not None and resume_state["stage"] == "probe" else None
         # The pre-training log rides along in the probe checkpoints so a resumed probe still reports it.
         stages["probe"] = _run_stage("probe", list(model.get_classifier().parameters()), probe_step,

@@ -1,0 +1,265 @@
+"""Registry-driven leaderboard updates (artifacts.md §4): evaluate only what is new, then rebuild the leaderboard.
+
+For each model of the registry (``zoo/registry.toml`` by default) the update resolves the model — its bundled
+folder when present, else the Hub id at its tracked revision — and predicts the config hash of the evaluation
+config (``--preset standard`` by default) without loading any weights. An entry is evaluated only when its
+``(commit sha, config hash)`` has no result yet in the results folder; the leaderboard is then rebuilt from the
+whole folder. ``make leaderboard`` and the CI leaderboard job run it; so does ``python -m sclzoo.evaluator.update``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sclzoo.errors import ConfigError, HubError, ModelNotFoundError, ResultError
+from sclzoo.evaluator.config import EvalConfig
+from sclzoo.evaluator.results import result_path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["RegistryEntry", "Planned", "UpdateReport", "load_registry", "predict_config_hash", "plan_update",
+           "run_update"]
+
+
+def _default_registry() -> Path:
+    from sclzoo.zoo.hub import REGISTRY_FILE
+
+    return Path(REGISTRY_FILE)
+
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    """One tracked model.
+
+    Attributes:
+        id: Hub repo id ``org/name``.
+        revision: Tracked branch, tag or commit.
+        bundled: Absolute path of the bundled copy (relative paths in the file are relative to the registry's
+            folder), or None.
+        alias: Short name, if any.
+        objective: Objective named in the registry (informational; the result records the model's own).
+    """
+
+    id: str
+    revision: str = "main"
+    bundled: Path | None = None
+    alias: str = ""
+    objective: str = ""
+
+
+def load_registry(path: str | Path | None = None) -> list[RegistryEntry]:
+    """Reads a registry TOML file (``[[models]]`` tables with at least ``id``).
+
+    Raises:
+        ConfigError: the file is missing, not TOML, or an entry has no ``id``.
+    """
+    p = Path(path) if path is not None else _default_registry()
+    if not p.is_file():
+        raise ConfigError(f"registry file {str(p)!r} does not exist; pass --registry PATH (e.g. zoo/registry.toml)")
+    try:
+        data = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"registry file {str(p)!r} is not valid TOML: {e}") from None
+    models = data.get("models", [])
+    if not isinstance(models, list):
+        raise ConfigError(f"registry file {str(p)!r}: `models` must be an array of tables ([[models]])")
+    out = []
+    for i, m in enumerate(models):
+        if not isinstance(m, dict) or not isinstance(m.get("id"), str) or not m["id"]:
+            raise ConfigError(f"registry file {str(p)!r}: entry {i + 1} has no `id` (the Hub repo org/name); add it")
+        bundled = m.get("bundled")
+        out.append(RegistryEntry(id=m["id"], revision=str(m.get("revision", "main")),
+                                 bundled=(p.parent / bundled).resolve() if bundled else None,
+                                 alias=str(m.get("alias", "")), objective=str(m.get("objective", ""))))
+    return out
+
+
+def predict_config_hash(cfg: EvalConfig, model_dir: Path) -> str:
+    """The config hash ``evaluate`` will compute for a model folder, without loading weights or running anything.
+
+    Mirrors :func:`sclzoo.evaluator.api.evaluate`: the dataset is the config's or the model's own (``config.json``
+    → ``sclzoo.train_dataset.id``), the evaluated images are picked from the split by ``select_samples`` and their
+    indices hash enters the canonical config; execution-only settings (device, batch size, runtime) do not enter
+    the hash. ``run_update`` warns when the hash ``evaluate`` writes differs, and the tests check they agree.
+    """
+    import hashlib
+
+    import numpy as np
+
+    from sclzoo.evaluator.runner import resolve_specs, select_samples
+    from sclzoo.zoo.data import load_dataset
+
+    methods, metrics = resolve_specs(cfg)
+    dataset = cfg.dataset
+    if dataset is None:
+        try:
+            model_cfg = json.loads((model_dir / "config.json").read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ResultError(f"cannot read {model_dir / 'config.json'} ({e}); re-export or re-download the "
+                              "model") from None
+        dataset = model_cfg.get("sclzoo", {}).get("train_dataset", {}).get("id")
+        if not dataset:
+            raise ConfigError(f"model {str(model_dir)!r} does not name its dataset; set `dataset` in --config")
+    data = load_dataset(dataset, cfg.split)
+    if cfg.n_samples > len(data):
+        raise ConfigError(f"n_samples {cfg.n_samples} is larger than the {cfg.split} split of {dataset!r} "
+                          f"({len(data)} images); lower n_samples in the evaluation config")
+    ids = data.indices[select_samples(data.labels, cfg.n_samples, cfg.selection, cfg.seed)]
+    indices_sha = hashlib.sha256(np.asarray(ids.numpy(), dtype="<i8").tobytes()).hexdigest()
+    return EvalConfig.hash_of(cfg.canonical({"dataset": dataset, "methods": methods, "metrics": metrics,
+                                             "indices_sha256": indices_sha}))
+
+
+@dataclass(frozen=True)
+class Planned:
+    """What the update does with one registry entry.
+
+    Attributes:
+        entry: The registry entry.
+        ref: The reference passed to ``evaluate`` (bundled folder or ``hf-hub:org/name``).
+        revision: Revision passed to ``evaluate`` (None for a bundled folder).
+        repo_id: Resolved repo id (``local/<folder>`` for a bundled copy).
+        commit_sha: Resolved commit (content hash for a bundled copy).
+        config_hash: Predicted config hash.
+        result: Where its result is (or will be).
+        status: ``up-to-date`` (a result exists), ``todo`` or ``unavailable``.
+        reason: Why it is unavailable.
+    """
+
+    entry: RegistryEntry
+    ref: str = ""
+    revision: str | None = None
+    repo_id: str = ""
+    commit_sha: str = ""
+    config_hash: str = ""
+    result: Path | None = None
+    status: str = "todo"
+    reason: str = ""
+
+
+def plan_update(entries: list[RegistryEntry], results_dir: str | Path, cfg: EvalConfig) -> list[Planned]:
+    """Resolves every entry and decides whether it needs an evaluation (no weights loaded, no model run).
+
+    Models that cannot be resolved (no bundled copy, Hub unreachable or repo missing) are ``unavailable``.
+    """
+    from sclzoo.zoo.hub import resolve_model
+
+    out = []
+    for e in entries:
+        if e.bundled is not None and (e.bundled / "config.json").is_file():
+            ref, rev = str(e.bundled), None
+        else:
+            ref, rev = f"hf-hub:{e.id}", e.revision
+        try:
+            resolved = resolve_model(ref, rev)
+        except (ModelNotFoundError, HubError) as err:
+            out.append(Planned(e, ref, rev, status="unavailable", reason=str(err)))
+            continue
+        h = predict_config_hash(cfg, resolved.path)
+        path = result_path(results_dir, resolved.repo_id, resolved.commit_sha, h)
+        out.append(Planned(e, ref, rev, resolved.repo_id, resolved.commit_sha, h, path,
+                           "up-to-date" if path.is_file() else "todo"))
+    return out
+
+
+@dataclass
+class UpdateReport:
+    """What an update did: the plan, the entries evaluated, and the leaderboard files written."""
+
+    planned: list[Planned]
+    evaluated: list[Planned]
+    leaderboard: dict[str, Path]
+    warnings: list[str]
+
+
+def run_update(
+    cfg: EvalConfig,
+    *,
+    registry: str | Path | None = None,
+    results_dir: str | Path = "leaderboard/results",
+    out_dir: str | Path = "leaderboard",
+    skip_unavailable: bool = False,
+    dry_run: bool = False,
+    provenance_source: str = "local",
+    progress: bool = False,
+    command: str | None = None,
+    evaluate_fn: Callable[..., Any] | None = None,
+    log: Callable[[str], None] = print,
+) -> UpdateReport:
+    """Evaluates the registry entries that have no result for ``cfg`` yet, then rebuilds the leaderboard.
+
+    Args:
+        cfg: The evaluation config (e.g. ``build_config(preset="standard")``).
+        registry: Registry TOML file (default ``zoo/registry.toml``).
+        results_dir: Results root; new results are written here.
+        out_dir: Leaderboard folder, rebuilt from the whole ``results_dir``.
+        skip_unavailable: Go on (exit 0) when a model cannot be resolved; by default that is an error, raised
+            after the available models were evaluated and the leaderboard rebuilt.
+        dry_run: Print the plan only.
+        provenance_source: ``local`` or ``ci``, recorded in new results.
+        progress: Progress bars during evaluation.
+        command: Command line recorded in new results.
+        evaluate_fn: Replaces :func:`sclzoo.evaluator.api.evaluate` (tests).
+        log: Where progress lines go.
+
+    Raises:
+        ModelNotFoundError: some entries are unavailable and ``skip_unavailable`` is False.
+    """
+    from sclzoo.evaluator.leaderboard import write_leaderboard
+
+    if evaluate_fn is None:
+        from sclzoo.evaluator.api import evaluate
+
+        evaluate_fn = evaluate
+    entries = load_registry(registry)
+    planned = plan_update(entries, results_dir, cfg)
+    for p in planned:
+        where = f"{p.repo_id}@{p.commit_sha[:7]} config {p.config_hash[:12]}" if p.status != "unavailable" else p.ref
+        log(f"{p.status:<11} {p.entry.id}: {where}" + (f" ({p.reason})" if p.reason else ""))
+    evaluated: list[Planned] = []
+    warnings: list[str] = []
+    if dry_run:
+        return UpdateReport(planned, evaluated, {}, warnings)
+    for p in planned:
+        if p.status != "todo":
+            continue
+        log(f"evaluating {p.entry.id} ({p.ref}) …")
+        res = evaluate_fn(p.ref, revision=p.revision, out=results_dir, config=cfg, progress=progress,
+                          command=command, provenance_source=provenance_source)
+        got = res.data["config_hash"]
+        if got != p.config_hash or res.data["model"]["commit_sha"] != p.commit_sha:
+            warnings.append(f"{p.entry.id}: predicted (commit, config hash) ({p.commit_sha[:7]}, "
+                            f"{p.config_hash[:12]}) but evaluate wrote ({res.data['model']['commit_sha'][:7]}, "
+                            f"{got[:12]}); the next update will evaluate it again — report this as a bug")
+        evaluated.append(p)
+    for w in warnings:
+        log(f"warning: {w}")
+    paths = write_leaderboard(results_dir, out_dir)
+    log(f"evaluated {len(evaluated)} of {len(planned)} registry model(s); leaderboard → {Path(out_dir)}")
+    missing = [p for p in planned if p.status == "unavailable"]
+    if missing and not skip_unavailable:
+        raise ModelNotFoundError(
+            f"{len(missing)} registry model(s) could not be resolved: {', '.join(p.entry.id for p in missing)} "
+            "(the others were evaluated and the leaderboard rebuilt); add their bundled folder, publish them, or "
+            "pass --skip-unavailable")
+    return UpdateReport(planned, evaluated, paths, warnings)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m sclzoo.evaluator.update [OPTIONS]``: the same as ``sclzoo leaderboard-update``."""
+    from sclzoo.evaluator.cli import main as cli_main
+
+    cli_main(["leaderboard-update", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    main()
