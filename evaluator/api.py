@@ -11,6 +11,7 @@ over it, and Python users call it directly::
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -155,8 +156,8 @@ def evaluate(
                                "indices_sha256": indices_sha})
     config_hash = EvalConfig.hash_of(canonical)
     path = result_path(out, resolved.repo_id, resolved.commit_sha, config_hash) if out is not None else None
-    if path is not None and path.is_file() and not force:
-        return Result(read_result(path), path, reused=True)
+    if path is not None and path.is_file() and not force:  # under torchrun every process returns here
+        return Result(read_result(path), path, reused=True, is_main=os.environ.get("RANK", "0") == "0")
     if path is not None:
         check_writable(path)  # fail now, not after hours of compute
 

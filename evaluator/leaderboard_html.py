@@ -138,7 +138,7 @@ def _comparison_html(comparison: dict[str, Any]) -> list[str]:
                "(for ↓ metrics a lower score wins). Pairs with a NaN score are dropped and counted.</p>")
     out.append('<h3>Claim check</h3><ul class="claims">')
     for c in comparison["claim_check"]:
-        cls = "holds" if c["holds"] else "fails"
+        cls = ("holds" if c["holds"] else "fails") if c["claim"] else "verdict"
         out.append(f'<li><code>{escape(c["config_hash"][:12])}</code> {escape(c["a"])} vs {escape(c["b"])}: '
                    f'<span class="{cls}">{escape(c["text"])}</span></li>')
     out.append("</ul>")

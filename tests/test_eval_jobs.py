@@ -400,3 +400,14 @@ def test_nan_logits_are_refused_before_anything_is_written(bundled: dict[str, Pa
     assert code == 1 and "cannot load model" in line and "NaN/inf logits for 1000 of 1000 images" in line
     assert "retrain or re-export" in line
     assert files_under(out) == []
+
+
+def test_explain_and_evaluate_help_show_the_new_options() -> None:
+    from click.testing import CliRunner
+
+    from sclzoo.evaluator.cli import cli
+
+    res = CliRunner().invoke(cli, ["explain", "--help"])
+    assert res.exit_code == 0 and "Examples:" in res.output and "--images" in res.output
+    res = CliRunner().invoke(cli, ["evaluate", "--help"])
+    assert res.exit_code == 0 and all(o in res.output for o in ("--resume", "--selection", "torchrun"))

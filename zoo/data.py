@@ -111,7 +111,12 @@ def _build(name: str, split: str, x: np.ndarray, y: np.ndarray, n_test: int, see
     if split not in SPLITS:
         raise DatasetError(f"unknown split {split!r} for dataset {name!r}; use one of {', '.join(SPLITS)}")
     train_idx, test_idx = stratified_split(y, n_test, seed)
-    idx = train_idx if split == "train" else test_idx
+    idx = train_idx
+    if split == "test":
+        # Sources such as mnist_5k.csv are sorted by class, so "the first N test images" would all be zeros.
+        # The test split is stored in a fixed seeded order instead (sample ids and the split hash are unchanged;
+        # the train order is left as it is because training draws its batches from it).
+        idx = test_idx[np.random.default_rng(seed + 1).permutation(len(test_idx))]
     train = x[train_idx]
     mean = tuple(float(v) for v in train.mean(axis=(0, 2, 3)))
     std = tuple(float(v) for v in train.std(axis=(0, 2, 3)))
