@@ -11,7 +11,7 @@ PYTEST  := $(BIN)/python -m pytest
 DEMO    ?= build/demo
 N       ?= 64
 DEMO_ZOO := resnet8_cifar.ce_mnist5k resnet8_cifar.supcon_mnist5k resnet8_cifar.simclr_mnist5k
-ZOO     := $(DEMO_ZOO) resnet8_cifar.triplet_mnist5k
+ZOO     := $(DEMO_ZOO)
 DEMO_METHODS ?= saliency,integrated_gradients,gradcam
 DEMO_METRICS ?= faithfulness_correlation,deletion_auc,insertion_auc,sparseness,complexity,effective_complexity,max_sensitivity,avg_sensitivity
 
