@@ -234,7 +234,7 @@ def run_update(
             continue
         log(f"evaluating {p.entry.id} ({p.ref}) …")
         res = evaluate_fn(p.ref, revision=p.revision, out=results_dir, config=cfg, progress=progress,
-                          command=command, provenance_source=provenance_source)
+                          command=command, provenance_source=provenance_source, resume=True)
         got = res.data["config_hash"]
         if got != p.config_hash or res.data["model"]["commit_sha"] != p.commit_sha:
             warnings.append(f"{p.entry.id}: predicted (commit, config hash) ({p.commit_sha[:7]}, "
