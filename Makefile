@@ -15,7 +15,7 @@ ZOO     := $(DEMO_ZOO)
 DEMO_METHODS ?= saliency,integrated_gradients,gradcam
 DEMO_METRICS ?= faithfulness_correlation,deletion_auc,insertion_auc,sparseness,complexity,effective_complexity,max_sensitivity,avg_sensitivity
 
-.PHONY: install demo test test-all lint zoo cards cards-check leaderboard clean help bench
+.PHONY: install demo test test-slow test-all lint zoo cards cards-check leaderboard clean help bench
 
 help:
 	@echo "make install   create $(VENV) and install sclzoo with pinned torch (idempotent)"
@@ -54,6 +54,9 @@ demo: install
 
 test: install
 	$(PYTEST) -m "not slow" -q
+
+test-slow: install
+	$(PYTEST) -m slow -q
 
 test-all: install
 	$(PYTEST) -q

