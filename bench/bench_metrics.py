@@ -323,9 +323,13 @@ def measure_floor(
 
 def run_sclzoo(
     model: nn.Module, x: Tensor, target: Tensor, a: Tensor, method: str, params: dict[str, dict[str, Any]],
-    batch_size: int, seed: int,
+    batch_size: int, seed: int, forward: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, tuple[float, np.ndarray]]:
-    """Each suite metric through compute() on one MetricContext (shared cache), timed one by one."""
+    """Each suite metric through compute() on one MetricContext (shared cache), timed one by one.
+
+    ``forward`` is the forward-only path of the perturbation metrics (sclzoo's ``--runtime onnx``); explanations
+    always run in PyTorch.
+    """
     from sclzoo.evaluator.attributions import attribute
     from sclzoo.evaluator.metrics import MetricContext, compute
 
@@ -341,6 +345,7 @@ def run_sclzoo(
         sample_ids=torch.arange(x.shape[0]),
         seed=seed,
         batch_size=batch_size,
+        forward=forward,
     )
     out = {}
     for name in SUITE:
@@ -423,14 +428,25 @@ def bench_model(which: str, args: argparse.Namespace, log: Callable[[str], None]
     # One warm-up of each implementation on two images (allocators, lazy imports, oneDNN kernels).
     xw, yw = x[:2], target[:2]
     aw = attribute(args.method, model, xw, yw, seed=args.seed)
-    run_sclzoo(model, xw, yw, aw, args.method, params, args.batch_size, args.seed)
+    forward = None
+    if args.sclzoo_runtime == "onnx":
+        from sclzoo.zoo.onnx_export import export_onnx, onnx_logits, onnx_session
+
+        onnx_dir = Path(tempfile.mkdtemp(prefix="sclzoo-bench-"))
+        export_onnx(model, onnx_dir / "model.onnx", tuple(x.shape[1:]))  # type: ignore[arg-type]
+        session = onnx_session(onnx_dir / "model.onnx", threads=args.threads)
+
+        def forward(xs: Tensor) -> Tensor:
+            return onnx_logits(session, xs, batch_size=args.batch_size)
+
+    run_sclzoo(model, xw, yw, aw, args.method, params, args.batch_size, args.seed, forward)
     if not args.skip_quantus:
         run_quantus(model, xw, yw, aw, args.method, params, args.batch_size, args.seed, args.quantus_timeout,
                     log)
 
     t_maps, a = timed(lambda: attribute(args.method, model, x, target, sample_ids=torch.arange(n), seed=args.seed))
     log(f"  maps ({args.method}) for {n} images: {t_maps:.3f} s")
-    ours = run_sclzoo(model, x, target, a, args.method, params, args.batch_size, args.seed)
+    ours = run_sclzoo(model, x, target, a, args.method, params, args.batch_size, args.seed, forward)
     log("  sclzoo: " + ", ".join(f"{k} {v[0]:.2f}s" for k, v in ours.items()))
     ref: dict[str, tuple[float | None, np.ndarray | None]] = {name: (None, None) for name in SUITE}
     if not args.skip_quantus:
@@ -476,6 +492,7 @@ def bench_model(which: str, args: argparse.Namespace, log: Callable[[str], None]
         "model": which,
         "model_description": model_desc,
         "n_images": n,
+        "sclzoo_runtime": args.sclzoo_runtime,
         "image_shape": [c, h, w],
         "method": args.method,
         "seed": args.seed,
@@ -551,6 +568,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-time", type=float, default=0.5, help="seconds per floor configuration (default 0.5)")
     parser.add_argument("--quantus-timeout", type=float, default=1800.0,
                         help="seconds per Quantus metric before it is recorded as timed out (default 1800)")
+    parser.add_argument("--sclzoo-runtime", choices=["onnx", "torch"], default="torch",
+                        help="forward-only runtime of sclzoo's perturbation metrics (default torch; onnx = --runtime onnx)")
     parser.add_argument("--skip-quantus", action="store_true", help="time sclzoo and the floor only")
     args = parser.parse_args(argv)
     if args.n is not None and args.n < 1:
