@@ -152,8 +152,14 @@ def evaluate(
     positions = select_samples(data.labels, cfg.n_samples, cfg.selection, cfg.seed)
     images, labels, ids = data.images[positions], data.labels[positions], data.indices[positions]
     indices_sha = hashlib.sha256(np.asarray(ids.numpy(), dtype="<i8").tobytes()).hexdigest()
+    batch_auto = cfg.batch_size == "auto"
+    if batch_auto:
+        from sclzoo.evaluator.runner import auto_batch_size
+
+        cfg = cfg.replace(batch_size=auto_batch_size(loaded.model, images, methods, dev))
     canonical = cfg.canonical({"dataset": dataset_id, "methods": methods, "metrics": metrics, "device": dev.type,
                                "indices_sha256": indices_sha})
+    canonical["batch_size_auto"] = batch_auto
     config_hash = EvalConfig.hash_of(canonical)
     path = result_path(out, resolved.repo_id, resolved.commit_sha, config_hash) if out is not None else None
     if path is not None and path.is_file() and not force:  # under torchrun every process returns here

@@ -50,6 +50,18 @@ Set SCLZOO_DEBUG=1 to see tracebacks.
 """
 
 
+def _batch_size(value: str | None) -> int | str | None:
+    if value is None or value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise click.BadParameter(f"{value!r} is not a positive integer or 'auto'", param_hint="--batch-size")
+    return n
+
+
 def _split(value: str | None) -> list[str] | None:
     if value is None:
         return None
@@ -231,7 +243,8 @@ Examples:
 @click.option("--target", type=click.Choice(["predicted", "label"]), default=None,
               help="Explain the predicted class (default) or the true label.")
 @click.option("--seed", type=int, default=None, help="Seed of all random draws (default 0).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per batch (default 64).")
+@click.option("--batch-size", default=None, metavar="N|auto",
+              help="Images per batch (default 64); auto: 64 on CPU, sized from free GPU memory on CUDA.")
 @click.option("--device", default=None, help="auto (default), cpu or cuda.")
 @click.option("--runtime", type=click.Choice(["torch", "onnx"]), default=None,
               help="Runtime of forward-only work (accuracy).")
@@ -244,7 +257,7 @@ Examples:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def evaluate_cmd(model_ref: str, revision: str | None, preset: str | None, config_file: str | None,
                  n_samples: int | None, selection: str | None, methods: str | None, metrics: str | None,
-                 dataset: str | None, target: str | None, seed: int | None, batch_size: int | None,
+                 dataset: str | None, target: str | None, seed: int | None, batch_size: str | None,
                  device: str | None, runtime: str | None, out_dir: str, force: bool, resume: bool, dry_run: bool,
                  quiet: bool) -> None:
     """Explain a model's predictions and score the explanations; write a result JSON."""
@@ -252,7 +265,7 @@ def evaluate_cmd(model_ref: str, revision: str | None, preset: str | None, confi
 
     cfg = build_config(None, preset if preset or config_file else "standard", config_file, n_samples=n_samples,
                        selection=selection, methods=_split(methods), metrics=_split(metrics), dataset=dataset,
-                       target=target, seed=seed, batch_size=batch_size, device=device, runtime=runtime)
+                       target=target, seed=seed, batch_size=_batch_size(batch_size), device=device, runtime=runtime)
     if dry_run:
         from sclzoo.evaluator.runner import estimate_cost, resolve_specs
 

@@ -28,7 +28,7 @@ RUNTIMES = ("torch", "onnx")
 SELECTIONS = {"first": "first_n", "stratified": "stratified"}
 # Execution-only settings: they change speed, never scores (per-sample seeding makes scores independent of
 # batching and device placement), so they are recorded but left out of the hash.
-EXECUTION_KEYS = ("batch_size", "device", "runtime")
+EXECUTION_KEYS = ("batch_size", "batch_size_auto", "device", "runtime")
 
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
@@ -101,7 +101,8 @@ class EvalConfig:
         metric_params: Per-metric parameter overrides.
         target: ``predicted`` (explain the predicted class) or ``label`` (the true class).
         seed: Global seed of every random draw (per-sample generators derive from it).
-        batch_size: Images per attribution batch (execution only).
+        batch_size: Images per attribution batch, or ``auto`` (64 on CPU; on CUDA the largest power of two whose
+            measured explanation memory fits 60 % of the free GPU memory, at most 1024). Execution only.
         device: ``auto``, ``cpu`` or ``cuda`` (execution only).
         runtime: ``torch`` or ``onnx`` for forward-only work (execution only).
     """
@@ -116,7 +117,7 @@ class EvalConfig:
     metric_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     target: str = "predicted"
     seed: int = 0
-    batch_size: int = 64
+    batch_size: int | str = 64
     device: str = "auto"
     runtime: str = "torch"
 
@@ -129,8 +130,9 @@ class EvalConfig:
             raise ConfigError(f"runtime {self.runtime!r} is unknown; use one of {', '.join(RUNTIMES)}")
         if isinstance(self.n_samples, bool) or not isinstance(self.n_samples, int) or self.n_samples < 1:
             raise ConfigError(f"n_samples must be a positive integer, got {self.n_samples!r}")
-        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if self.batch_size != "auto" and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
+                                          or self.batch_size < 1):
+            raise ConfigError(f"batch_size must be a positive integer or 'auto', got {self.batch_size!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}")
         if not self.methods:

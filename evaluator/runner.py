@@ -28,7 +28,7 @@ from sclzoo.evaluator.attributions import METHODS, attribute
 from sclzoo.evaluator.config import EvalConfig
 from sclzoo.evaluator.metrics import METRICS, MetricContext, compute, metric_cost, stable_seed
 
-__all__ = ["BatchResult", "EvalOutput", "resolve_specs", "run_evaluation", "estimate_cost", "batch_starts",
+__all__ = ["auto_batch_size", "choose_batch_size", "BatchResult", "EvalOutput", "resolve_specs", "run_evaluation", "estimate_cost", "batch_starts",
            "shard_batches", "merge_batches", "select_samples", "SELECTIONS"]
 
 SELECTIONS = ("first", "stratified")
@@ -202,6 +202,45 @@ def estimate_cost(cfg: EvalConfig) -> dict[str, Any]:
         "forwards": per_sample_f * n_methods * cfg.n_samples,
         "explanations": (per_sample_e + 1) * n_methods * cfg.n_samples,
     }
+
+
+def choose_batch_size(bytes_per_image: float, free_bytes: float, cap: int = 1024, fraction: float = 0.6) -> int:
+    """Largest power of two ≤ ``cap`` whose images fit ``fraction`` of ``free_bytes`` at ``bytes_per_image`` each."""
+    if bytes_per_image <= 0:
+        return cap
+    b = max(1, min(cap, int(fraction * free_bytes / bytes_per_image)))
+    return 1 << (b.bit_length() - 1)
+
+
+def auto_batch_size(model: nn.Module, images: Tensor, methods: dict[str, dict[str, Any]], device: torch.device,
+                    *, cpu_default: int = 64, cap: int = 1024, baseline_pool: Tensor | None = None) -> int:
+    """The ``--batch-size auto`` choice.
+
+    On CPU: ``cpu_default`` (batches of 64–512 run at the same speed on CPU and larger ones are slower). On CUDA:
+    explains a probe batch of up to 8 images with every selected method, measures the peak memory per image and
+    picks :func:`choose_batch_size` of the free memory.
+    """
+    if device.type != "cuda":
+        return cpu_default
+    n = min(8, len(images))
+    x = images[:n].to(device)
+    model = model.to(device).eval()
+    with torch.no_grad():
+        target = model(x).argmax(1)
+    torch.cuda.synchronize(device)
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    ids = torch.arange(n)
+    for method, params in methods.items():
+        extra = {"baseline_pool": baseline_pool.to(device)} if method == "expected_gradients" and baseline_pool is not None else {}
+        if method == "expected_gradients" and not extra:
+            continue
+        attribute(method, model, x, target, sample_ids=ids, **params, **extra)
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device) - base
+    free, _ = torch.cuda.mem_get_info(device)
+    return choose_batch_size(peak / n, float(free), cap)
 
 
 def _explainer(method: str, params: dict[str, Any], seed: int, extra: dict[str, Any]) -> Callable[..., Tensor]:
