@@ -62,12 +62,12 @@ def leaderboard_rows(repo_dir: str | Path, board: str | Path = LEADERBOARD) -> t
     Returns:
         (rows with method, metric, family, mean, ci, n), and the config hash they come from ("" when none).
     """
-    from sclzoo.zoo.hub import _local_commit
+    from sclzoo.zoo.hub import content_commit
 
     board_path = Path(board)
     if not board_path.is_file():
         return [], ""
-    commit = _local_commit(Path(repo_dir))
+    commit = content_commit(Path(repo_dir))
     mine = [r for r in json.loads(board_path.read_text()).get("rows", []) if r.get("commit_sha") == commit]
     if not mine:
         return [], ""

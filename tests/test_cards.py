@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sclzoo.model_cards import leaderboard_rows, render_card
 from sclzoo.zoo.cards import bundled_repos, sync_cards
-from sclzoo.zoo.hub import _local_commit
+from sclzoo.zoo.hub import content_commit
 
 
 def test_bundled_cards_match_their_data() -> None:
@@ -21,7 +21,7 @@ def test_bundled_cards_match_their_data() -> None:
 def test_card_shows_leaderboard_rows_only_for_the_same_weights(bundled: dict[str, Path], tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     shutil.copytree(bundled["ce"], repo)
-    row = {"commit_sha": _local_commit(repo), "config_hash": "ab" * 32, "n_evaluated": 64, "method": "saliency",
+    row = {"commit_sha": content_commit(repo), "config_hash": "ab" * 32, "n_evaluated": 64, "method": "saliency",
            "metrics": {"sparseness": {"family": "complexity", "higher_is_better": True, "mean": 0.5,
                                       "ci95": [0.4, 0.6], "n": 64, "n_nan": 2}}}
     board = tmp_path / "leaderboard.json"

@@ -31,7 +31,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["ResolvedModel", "LoadedModel", "resolve_model", "load_model", "registry_entries", "ZOO_DIR"]
+__all__ = ["ResolvedModel", "LoadedModel", "resolve_model", "load_model", "registry_entries", "content_commit", "ZOO_DIR"]
 
 ZOO_DIR = Path(__file__).resolve().parent
 REGISTRY_FILE = ZOO_DIR / "registry.toml"
@@ -103,7 +103,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _local_commit(path: Path) -> str:
+def content_commit(path: Path) -> str:
     """A 40-hex content id for a local folder: hash of its weight and config files."""
     h = hashlib.sha1()
     for f in sorted(path.rglob("*")):
@@ -117,7 +117,7 @@ def _local(ref: str, path: Path) -> ResolvedModel:
         raise ModelNotFoundError(f"model folder {str(path)!r} does not exist; pass a zoo repo folder, an alias "
                                  "(`sclzoo ls models`) or a Hub id org/name")
     return ResolvedModel(ref, f"local/{path.resolve().name}", path.resolve(), "local", "local",
-                         _local_commit(path))
+                         content_commit(path))
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:
