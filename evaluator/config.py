@@ -8,17 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from sclzoo.errors import ConfigError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from sclzoo.tomlfile import read_toml
 
 __all__ = ["EvalConfig", "PRESETS", "load_config_file"]
 
@@ -231,10 +226,4 @@ class EvalConfig:
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Reads an evaluation config TOML file into a mapping (validated by :meth:`EvalConfig.from_dict`)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {str(p)!r} does not exist")
-    try:
-        return tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {str(p)!r} is not valid TOML: {e}") from None
+    return read_toml(path, "config file")

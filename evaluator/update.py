@@ -19,11 +19,7 @@ from typing import Any
 from sclzoo.errors import ConfigError, HubError, ModelNotFoundError, ResultError
 from sclzoo.evaluator.config import EvalConfig
 from sclzoo.evaluator.results import result_path
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from sclzoo.tomlfile import read_toml
 
 __all__ = ["RegistryEntry", "Planned", "UpdateReport", "load_registry", "predict_config_hash", "plan_update",
            "run_update"]
@@ -63,12 +59,7 @@ def load_registry(path: str | Path | None = None) -> list[RegistryEntry]:
         ConfigError: the file is missing, not TOML, or an entry has no ``id``.
     """
     p = Path(path) if path is not None else _default_registry()
-    if not p.is_file():
-        raise ConfigError(f"registry file {str(p)!r} does not exist; pass --registry PATH (e.g. zoo/registry.toml)")
-    try:
-        data = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"registry file {str(p)!r} is not valid TOML: {e}") from None
+    data = read_toml(p, "registry file", "; pass --registry PATH (e.g. zoo/registry.toml)")
     models = data.get("models", [])
     if not isinstance(models, list):
         raise ConfigError(f"registry file {str(p)!r}: `models` must be an array of tables ([[models]])")

@@ -383,7 +383,7 @@ def test_nan_logits_are_refused_before_anything_is_written(bundled: dict[str, Pa
                                                            capsys: pytest.CaptureFixture[str]) -> None:
     from safetensors.torch import load_file, save_file
 
-    from sclzoo.zoo.hub import _sha256
+    from sclzoo.zoo.hub import sha256_file
 
     repo = tmp_path / "broken"
     shutil.copytree(bundled["ce"], repo)
@@ -392,7 +392,7 @@ def test_nan_logits_are_refused_before_anything_is_written(bundled: dict[str, Pa
     state[fc] = torch.full_like(state[fc], float("nan"))
     save_file(state, str(repo / "model.safetensors"))
     cfg = json.loads((repo / "config.json").read_text())
-    cfg["sclzoo"]["files_sha256"]["model.safetensors"] = _sha256(repo / "model.safetensors")
+    cfg["sclzoo"]["files_sha256"]["model.safetensors"] = sha256_file(repo / "model.safetensors")
     (repo / "config.json").write_text(json.dumps(cfg))
     out = tmp_path / "results"
     code, _, err = run_main(["evaluate", "--model", str(repo), "--n-samples", "2", "--methods", "saliency",

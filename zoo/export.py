@@ -6,7 +6,6 @@ temporary folder beside the target and moved into place at the end, so a failed 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import shutil
@@ -21,20 +20,13 @@ from safetensors.torch import save_file
 from torch import nn
 
 from sclzoo.errors import ConfigError, ModelLoadError
+from sclzoo.zoo.hub import sha256_file
 
 __all__ = ["export_repo", "write_repo", "sha256_file", "package_versions", "git_revision", "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = 1
 HASHED_FILES = ("model.safetensors", "projection_head.safetensors", "onnx/model.onnx", "training.json")
 PAPER_IDS = {"supcon": ["arXiv:2004.11362"], "simclr": ["arXiv:2002.05709"], "ce": []}
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def package_versions() -> dict[str, str]:

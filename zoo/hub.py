@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,13 +24,10 @@ import torch
 from torch import nn
 
 from sclzoo.errors import HubError, ModelLoadError, ModelNotFoundError
+from sclzoo.tomlfile import read_toml
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-__all__ = ["ResolvedModel", "LoadedModel", "resolve_model", "load_model", "registry_entries", "content_commit", "ZOO_DIR"]
+__all__ = ["ResolvedModel", "LoadedModel", "resolve_model", "load_model", "registry_entries", "content_commit", "sha256_file",
+           "ZOO_DIR"]
 
 ZOO_DIR = Path(__file__).resolve().parent
 REGISTRY_FILE = ZOO_DIR / "registry.toml"
@@ -91,11 +87,10 @@ def registry_entries() -> list[dict[str, Any]]:
     """Models listed in ``zoo/registry.toml`` (id, revision, alias, display name, bundled folder)."""
     if not REGISTRY_FILE.is_file():
         return []
-    data = tomllib.loads(REGISTRY_FILE.read_text())
-    return list(data.get("models", []))
+    return list(read_toml(REGISTRY_FILE, "registry file").get("models", []))
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -108,7 +103,7 @@ def content_commit(path: Path) -> str:
     h = hashlib.sha1()
     for f in sorted(path.rglob("*")):
         if f.is_file() and f.name != "README.md" and not any(p.startswith(".") for p in f.relative_to(path).parts):
-            h.update(str(f.relative_to(path)).encode() + b"\0" + _sha256(f).encode() + b"\n")
+            h.update(str(f.relative_to(path)).encode() + b"\0" + sha256_file(f).encode() + b"\n")
     return h.hexdigest()
 
 
@@ -244,12 +239,13 @@ def load_model(resolved: ResolvedModel, verify: bool = True) -> LoadedModel:
         if not f.is_file():
             raise ModelLoadError(f"{resolved.repo_id!r} lists {name} in files_sha256 but the file is missing; "
                                  "download again (delete it from the Hub cache) or re-export")
-        actual[name] = _sha256(f)
+        actual[name] = sha256_file(f)
         if verify and actual[name] != sha:
             raise ModelLoadError(f"{name} of {resolved.repo_id!r} does not match its sha256 in config.json "
                                  f"({actual[name][:12]}… ≠ {sha[:12]}…): the file is corrupt or was changed; "
                                  "download it again or re-export the repo")
-    actual.setdefault("model.safetensors", _sha256(weights))
+    if "model.safetensors" not in actual:  # not listed: hash it once for the record
+        actual["model.safetensors"] = sha256_file(weights)
     top, pre = cfg["num_classes"], cfg["pretrained_cfg"].get("num_classes", cfg["num_classes"])
     if top != pre:
         raise ModelLoadError(f"config.json of {resolved.repo_id!r} says num_classes={top} but pretrained_cfg."

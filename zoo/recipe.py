@@ -6,18 +6,13 @@ verbatim into the repo's ``training.json``.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from sclzoo.errors import ConfigError
+from sclzoo.tomlfile import read_toml
 from sclzoo.zoo.augment import AugmentConfig
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 __all__ = ["OptimConfig", "ProbeConfig", "Recipe", "load_recipe"]
 
@@ -192,11 +187,5 @@ def load_recipe(path: str | Path) -> Recipe:
     Raises:
         ConfigError: the file is missing, not TOML, or has unknown keys / wrong types (message names them).
     """
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"recipe file {str(p)!r} does not exist; pass --config zoo/recipes/<name>.toml")
-    try:
-        data = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"recipe file {str(p)!r} is not valid TOML: {e}") from None
-    return Recipe.from_dict(data, where=p.name)
+    data = read_toml(path, "recipe file", "; pass --config zoo/recipes/<name>.toml")
+    return Recipe.from_dict(data, where=Path(path).name)
