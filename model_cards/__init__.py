@@ -42,7 +42,8 @@ def _recipe_rows(training: dict[str, Any]) -> list[tuple[str, str]]:
     ]
     if training.get("projector"):
         p = training["projector"]
-        rows.insert(1, ("projector", f"Linear({p['in_dim']}, {p['hidden_dim']}) → ReLU → Linear(→{p['out_dim']}), L2-normalised"))
+        rows.insert(1, ("projector", f"Linear({p['in_dim']}, {p['hidden_dim']}) → ReLU → Linear(→{p['out_dim']})"
+                                   + (" → BatchNorm1d (no affine)" if p.get("batchnorm") else "") + ", L2-normalised"))
         po = r["probe"]["optim"]
         rows.append(("linear probe", f"frozen encoder, {po['epochs']} epochs × {po['batch_size']}, SGD lr {po['lr']}, "
                                      f"{po['schedule']}, augmentation {json.dumps(r['probe']['augment'])}"))

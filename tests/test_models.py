@@ -135,6 +135,19 @@ def test_projection_head_output_is_unit_norm() -> None:
     assert ProjectionHead(8, 4)(torch.randn(2, 8)).shape == (2, 128)
 
 
+def test_projection_head_batchnorm_centres_each_output_dimension() -> None:
+    torch.manual_seed(0)
+    ph = ProjectionHead(16, out_dim=8, batchnorm=True).train()
+    pre: list[torch.Tensor] = []
+    ph.bn.register_forward_hook(lambda m, i, o: pre.append(o.detach()))
+    z = ph(torch.randn(64, 16) + 5.0)  # inputs far from the origin: without the BatchNorm all rows point alike
+    torch.testing.assert_close(z.norm(dim=1), torch.ones(64))
+    torch.testing.assert_close(pre[0].mean(0), torch.zeros(8), atol=1e-5, rtol=0)
+    assert not any(p.requires_grad for p in ph.bn.parameters())  # affine=False: nothing to learn
+    assert {"bn.running_mean", "bn.running_var"} <= set(ph.state_dict())
+    assert isinstance(ProjectionHead(16).bn, torch.nn.Identity)
+
+
 def test_bad_arguments_raise() -> None:
     with pytest.raises(ValueError, match="same length"):
         CifarResNet(layers=(1, 1), widths=(4,))

@@ -102,7 +102,8 @@ def test_train_record(objective: str, tmp_path: Path) -> None:
         assert rec["stages"][s]["steps"] == 2 * STEPS_PER_EPOCH
     assert rec["wall_time_s"] > 0 and rec["hardware"]["device"] == "cpu"
     if contrastive:
-        assert rec["projector"] == {"in_dim": 16, "hidden_dim": 16, "out_dim": 16, "normalised": True}
+        assert rec["projector"] == {"in_dim": 16, "hidden_dim": 16, "out_dim": 16, "batchnorm": False,
+                                    "normalised": True}
         assert out.projector is not None
         assert rec["stages"]["pretrain"]["history"][0]["train_acc"] is None  # no labels to score
     else:
@@ -219,6 +220,7 @@ def _base() -> dict[str, Any]:
         ({"optim": {"lr": True}}, r"recipe\.optim\.lr must be a number"),
         ({"optim": {"schedule": "linear"}}, r"schedule 'linear' is unknown; use one of onecycle, cosine, step"),
         ({"optim": {"epochs": 0}}, r"must be positive"),
+        ({"projector_bn": "yes"}, r"recipe\.projector_bn must be true or false, got 'yes'"),
     ],
 )
 def test_bad_recipe_is_a_config_error(change: dict[str, Any], message: str) -> None:
@@ -248,3 +250,28 @@ def test_recipe_round_trip_and_files(tmp_path: Path) -> None:
                     "[optim]\nbatchsize = 64\n")
     with pytest.raises(ConfigError, match=r"\['batchsize'\] in typo\.toml\.optim"):
         load_recipe(typo)
+
+
+def test_triplet_with_batchnorm_projector_does_not_collapse(tmp_path: Path) -> None:
+    """Batch-hard triplet collapses all projections onto one point (loss = margin 0.3, no gradient left) with the
+    plain projector; the non-affine BatchNorm before the normalisation keeps them apart. Same data, seed, steps."""
+    common = {"optim": {"epochs": 3, "batch_size": 64, "lr": 0.3, "weight_decay": 1e-4}}
+    plain = _run(_recipe("triplet", **common), tmp_path / "plain")
+    bn = _run(_recipe("triplet", projector_bn=True, **common), tmp_path / "bn")
+    assert bn.record["projector"]["batchnorm"] is True
+    assert plain.record["projector"]["batchnorm"] is False
+    x = load_dataset("digits", "train").images[:256]
+
+    def spread(out: TrainOutput) -> float:
+        from sclzoo.zoo.models import encode
+
+        assert out.projector is not None
+        with torch.no_grad():
+            z = out.projector(encode(out.model, x))
+        return float((z - z.mean(0)).norm(dim=1).mean())  # mean distance to the centroid; 0 = collapsed
+
+    last_plain = plain.record["stages"]["pretrain"]["history"][-1]["loss"]
+    last_bn = bn.record["stages"]["pretrain"]["history"][-1]["loss"]
+    assert abs(last_plain - 0.3) < 0.01  # collapsed: every triplet sits at the margin
+    assert last_bn > 0.31  # still learning: hardest negatives inside the margin are being pushed out
+    assert spread(bn) > 5 * spread(plain)

@@ -190,7 +190,8 @@ def export_repo(checkpoint_dir: str | Path, out_dir: str | Path, *, overwrite: b
     projector = None
     if (ck / "projection_head.safetensors").is_file():
         proj = record["projector"]
-        projector = ProjectionHead(proj["in_dim"], proj["hidden_dim"], proj["out_dim"])
+        projector = ProjectionHead(proj["in_dim"], proj["hidden_dim"], proj["out_dim"],
+                                   batchnorm=bool(proj.get("batchnorm", False)))
         projector.load_state_dict(load_file(str(ck / "projection_head.safetensors")), strict=True)
     check = None
     if onnx:

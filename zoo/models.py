@@ -155,20 +155,28 @@ class CifarResNet(nn.Module):
 
 
 class ProjectionHead(nn.Module):
-    """Contrastive projector Linear(d, d) → ReLU → Linear(d, out); output L2-normalised.
+    """Contrastive projector Linear(d, d) → ReLU → Linear(d, out) [→ BatchNorm1d(out, affine=False)]; output
+    L2-normalised.
+
+    The optional non-affine BatchNorm before the normalisation (``batchnorm=True``) centres and whitens each
+    output dimension over the batch, so the projections cannot all collapse onto one point. Batch-hard triplet
+    training needs it: without it, the hardest-positive/hardest-negative gradients drive every embedding to the
+    same unit vector, where the loss sits at the margin with no gradient left.
 
     Shapes: (N, d) → (N, out_dim), unit norm rows. Never used for logits or explanations.
     """
 
-    def __init__(self, in_dim: int, hidden_dim: int | None = None, out_dim: int = 128) -> None:
+    def __init__(self, in_dim: int, hidden_dim: int | None = None, out_dim: int = 128,
+                 batchnorm: bool = False) -> None:
         super().__init__()
         hidden = hidden_dim or in_dim
         self.fc1 = nn.Linear(in_dim, hidden)
         self.act = nn.ReLU()
         self.fc2 = nn.Linear(hidden, out_dim)
+        self.bn = nn.BatchNorm1d(out_dim, affine=False) if batchnorm else nn.Identity()
 
     def forward(self, h: Tensor) -> Tensor:
-        return F.normalize(self.fc2(self.act(self.fc1(h))), dim=1)
+        return F.normalize(self.bn(self.fc2(self.act(self.fc1(h)))), dim=1)
 
 
 def encode(model: nn.Module, x: Tensor) -> Tensor:

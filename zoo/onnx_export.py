@@ -40,12 +40,19 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: tuple[int, int, 
 
 
 def onnx_session(path: str | Path, device: str = "cpu", threads: int | None = None) -> Any:
-    """An onnxruntime session; uses the CUDA provider for ``cuda`` when onnxruntime-gpu is installed."""
+    """An onnxruntime session; uses the CUDA provider for ``cuda`` when onnxruntime-gpu is installed.
+
+    On the CPU it runs ``threads`` intra-op threads (default: PyTorch's ``torch.get_num_threads()``) that sleep
+    instead of spinning between calls: the evaluator alternates onnxruntime forwards with PyTorch work, and
+    spinning onnxruntime threads would take the cores PyTorch's threads need (2× slower on 2 cores).
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
+    opts.intra_op_num_threads = threads or torch.get_num_threads()
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = ["CPUExecutionProvider"]
     if device.startswith("cuda"):
         if "CUDAExecutionProvider" in ort.get_available_providers():
@@ -64,7 +71,8 @@ def onnx_logits(session: Any, images: Tensor, batch_size: int = 256) -> Tensor:
     """Runs (N, C, H, W) pixels through an onnxruntime session in batches. Returns (N, K) float32 logits."""
     outs = []
     for i in range(0, images.shape[0], batch_size):
-        xb = images[i : i + batch_size].detach().cpu().numpy().astype(np.float32)
+        # No copy when the chunk is already a contiguous float32 CPU tensor (the usual case).
+        xb = np.ascontiguousarray(images[i : i + batch_size].detach().cpu().numpy(), dtype=np.float32)
         outs.append(torch.from_numpy(session.run(["logits"], {"pixels": xb})[0]))
     return torch.cat(outs).to(images.device)
 

@@ -112,6 +112,8 @@ class Recipe:
         views: Views per image for contrastive pre-training.
         projector_hidden: Hidden width of the projector (0 = the encoder's feature width).
         projector_dim: Output width of the projector.
+        projector_bn: A non-affine BatchNorm on the projector's output before the L2 normalisation (stops batch-hard
+            triplet training from collapsing all embeddings onto one point; off for SupCon and SimCLR).
         probe: Linear-probe recipe (contrastive objectives only).
         license: License of the trained weights.
     """
@@ -129,6 +131,7 @@ class Recipe:
     views: int = 2
     projector_hidden: int = 0
     projector_dim: int = 128
+    projector_bn: bool = False
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     license: str = "apache-2.0"
 
@@ -145,6 +148,10 @@ class Recipe:
                 if isinstance(d[k], bool) or not isinstance(d[k], int):
                     raise ConfigError(f"{where}.{k} must be an integer, got {d[k]!r}")
                 kw[k] = d[k]
+        if "projector_bn" in d:
+            if not isinstance(d["projector_bn"], bool):
+                raise ConfigError(f"{where}.projector_bn must be true or false, got {d['projector_bn']!r}")
+            kw["projector_bn"] = d["projector_bn"]
         for k in ("model_args", "loss"):
             if k in d:
                 if not isinstance(d[k], dict):

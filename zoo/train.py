@@ -258,7 +258,7 @@ def train(
     projector = None
     if objective.contrastive:
         d = int(model.num_features)
-        projector = ProjectionHead(d, recipe.projector_hidden or d, recipe.projector_dim)
+        projector = ProjectionHead(d, recipe.projector_hidden or d, recipe.projector_dim, batchnorm=recipe.projector_bn)
     model.to(dev)
     if not di.enabled:  # DDP buckets on CPU (gloo) crashed with channels_last parameters
         model.to(memory_format=torch.channels_last)
@@ -371,7 +371,8 @@ def train(
         "recipe": recipe.to_dict(),
         "objective": {"name": objective.name, "variant": objective.variant, "params": loss_params},
         "projector": ({"in_dim": int(model.num_features), "hidden_dim": recipe.projector_hidden
-                       or int(model.num_features), "out_dim": recipe.projector_dim, "normalised": True}
+                       or int(model.num_features), "out_dim": recipe.projector_dim, "batchnorm": recipe.projector_bn,
+                       "normalised": True}
                       if objective.contrastive else None),
         "head": "linear_probe" if objective.contrastive else "ce_head",
         "dataset": {"id": recipe.dataset, "split_sha256": train_full.split_sha256,
