@@ -284,6 +284,7 @@ def _run(job: _Job, dev: torch.device, info: DistInfo, done: dict[int, BatchResu
         g = torch.Generator().manual_seed(cfg.seed)
         baseline_pool = train.images[torch.randperm(len(train), generator=g)[:64]]
     forward = None
+    forward_threads = None
     acc_onnx = None
     if cfg.runtime == "onnx":
         from sclzoo.zoo.onnx_export import onnx_logits, onnx_session
@@ -297,12 +298,16 @@ def _run(job: _Job, dev: torch.device, info: DistInfo, done: dict[int, BatchResu
         def forward(x: torch.Tensor) -> torch.Tensor:
             return onnx_logits(sess, x)
 
+        if dev.type == "cpu":  # onnxruntime's threads own the cores during forward-only metrics
+            forward_threads = 1
+
     started = datetime.now(timezone.utc)
     t0 = time.time()
     deterministic = True
     torch.use_deterministic_algorithms(True, warn_only=True)
     output = run_evaluation(loaded.model, images, labels, ids, cfg, device=dev, split_images=data.images,
                             split_labels=data.labels, baseline_pool=baseline_pool, forward_logits=forward,
+                            forward_threads=forward_threads,
                             progress=progress and info.is_main, done_batches=done, on_batch=on_batch,
                             shard=(info.rank, info.world_size))
     if info.enabled:

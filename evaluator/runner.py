@@ -268,6 +268,7 @@ def run_evaluation(
     split_labels: Tensor | None = None,
     baseline_pool: Tensor | None = None,
     forward_logits: Callable[[Tensor], Tensor] | None = None,
+    forward_threads: int | None = None,
     progress: bool = True,
     n_example_maps: int = 8,
     done_batches: Mapping[int, BatchResult] | None = None,
@@ -288,6 +289,8 @@ def run_evaluation(
         baseline_pool: (M, C, H, W) training images for ``expected_gradients``.
         forward_logits: Optional faster forward-only path (e.g. onnxruntime) for the accuracy figure and the
             perturbation metrics' model calls (explanations always use ``model``).
+        forward_threads: PyTorch threads while a forward-only metric runs on ``forward_logits`` (1 for
+            onnxruntime on the CPU; see :class:`MetricContext`).
         progress: Show a progress bar.
         n_example_maps: Pixel maps of the first images kept for plots.
         done_batches: Batches finished by an earlier, interrupted run (by start position); they are not computed
@@ -357,7 +360,7 @@ def run_evaluation(
 
             ctx = MetricContext(model=model, x=xb, target=tb, attributions=a, explain=explain, sample_ids=ids,
                                 seed=cfg.seed, batch_size=cfg.batch_size, explain_with=explain_with,
-                                forward=forward_logits)
+                                forward=forward_logits, forward_threads=forward_threads)
             batch_scores[method] = {}
             for name, p in metrics.items():
                 bar.set_postfix_str(f"{method} · {name}")

@@ -447,3 +447,44 @@ def test_scores_on_cuda_match_cpu() -> None:
         torch.backends.cudnn.allow_tf32 = tf32
     for name in METRICS.names():
         torch.testing.assert_close(cuda[name], cpu[name], rtol=1e-4, atol=1e-4, equal_nan=True, msg=name)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# forward_threads: PyTorch steps aside while a forward-only runtime (onnxruntime on the CPU) does the model calls
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_forward_threads_apply_only_to_forward_only_metrics() -> None:
+    model = conv_net()
+    x = images(6)
+    with torch.no_grad():
+        target = model(x).argmax(1)
+    a = attribute("saliency", model, x, target)
+    seen: list[int] = []
+
+    def forward(xs: Tensor) -> Tensor:  # stands for the onnxruntime path; records PyTorch's thread count
+        seen.append(torch.get_num_threads())
+        return model(xs)
+
+    def explain(xs: Tensor, ys: Tensor, ids: Tensor) -> Tensor:
+        seen.append(-torch.get_num_threads())
+        return attribute("saliency", model, xs, ys)
+
+    before = torch.get_num_threads()
+    if before < 2:
+        torch.set_num_threads(2)
+    try:
+        ctx = context(model, x, target, a, explain=explain, forward=forward, forward_threads=1)
+        ref = context(model, x, target, a, explain=explain)
+        for name in ("faithfulness_correlation", "deletion_auc", "infidelity"):
+            seen.clear()
+            torch.testing.assert_close(compute(name, ctx, **SMALL[name]), compute(name, ref, **SMALL[name]))
+            assert seen and set(seen) == {1}, name  # every forward ran with one PyTorch thread …
+            assert torch.get_num_threads() == max(2, before)  # … and the count is restored afterwards
+        seen.clear()
+        compute("max_sensitivity", ctx, **SMALL["max_sensitivity"])  # explanations: PyTorch keeps its threads
+        assert seen and set(seen) == {-max(2, before)}
+        with pytest.raises(ConfigError, match="forward_threads must be a positive int, got 0"):
+            compute("deletion_auc", context(model, x, target, a, forward=forward, forward_threads=0))
+    finally:
+        torch.set_num_threads(before)
