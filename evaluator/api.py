@@ -44,6 +44,7 @@ from sclzoo.evaluator.results import (
 from sclzoo.evaluator.runner import (
     BatchResult,
     EvalOutput,
+    channels_last_on_cpu,
     merge_batches,
     resolve_specs,
     run_evaluation,
@@ -285,6 +286,7 @@ def _run(job: _Job, dev: torch.device, info: DistInfo, done: dict[int, BatchResu
         baseline_pool = train.images[torch.randperm(len(train), generator=g)[:64]]
     forward = None
     forward_threads = None
+    explain_model = loaded.model
     acc_onnx = None
     if cfg.runtime == "onnx":
         from sclzoo.zoo.onnx_export import onnx_logits, onnx_session
@@ -300,12 +302,13 @@ def _run(job: _Job, dev: torch.device, info: DistInfo, done: dict[int, BatchResu
 
         if dev.type == "cpu":  # onnxruntime's threads own the cores during forward-only metrics
             forward_threads = 1
+            explain_model = channels_last_on_cpu(loaded.model)
 
     started = datetime.now(timezone.utc)
     t0 = time.time()
     deterministic = True
     torch.use_deterministic_algorithms(True, warn_only=True)
-    output = run_evaluation(loaded.model, images, labels, ids, cfg, device=dev, split_images=data.images,
+    output = run_evaluation(explain_model, images, labels, ids, cfg, device=dev, split_images=data.images,
                             split_labels=data.labels, baseline_pool=baseline_pool, forward_logits=forward,
                             forward_threads=forward_threads,
                             progress=progress and info.is_main, done_batches=done, on_batch=on_batch,

@@ -99,7 +99,8 @@ class EvalConfig:
         batch_size: Images per attribution batch, or ``auto`` (64 on CPU; on CUDA the largest power of two whose
             measured explanation memory fits 60 % of the free GPU memory, at most 1024). Execution only.
         device: ``auto``, ``cpu`` or ``cuda`` (execution only).
-        runtime: ``torch`` or ``onnx`` for forward-only work (execution only).
+        runtime: ``torch``, or ``onnx``: forward-only work in onnxruntime and, on a CPU, explanations in the
+            channels_last layout (execution only; scores equal ``torch``'s to 1e-5).
     """
 
     dataset: str | None = None

@@ -145,3 +145,31 @@ def test_onnx_runtime_gives_the_torch_scores(result_file: Path, bundled: dict[st
     for method, per in d["scores"].items():
         for metric, agg in per.items():
             assert res.data["scores"][method][metric]["mean"] == pytest.approx(agg["mean"], abs=1e-5), (method, metric)
+
+
+def test_channels_last_explanations_match_and_skip_unsafe_models(bundled: dict[str, Path]) -> None:
+    """--runtime onnx explains in channels_last on a CPU: same maps up to rounding; models PyTorch 2.14.1 gets
+    wrong in that layout (1×1 strided convolutions with < 8 input channels) and conv-free models are left as is."""
+    import timm
+    import torch
+
+    from sclzoo import load_model
+    from sclzoo.evaluator.attributions import attribute
+    from sclzoo.evaluator.runner import channels_last_on_cpu
+    from sclzoo.zoo.data import load_dataset
+
+    model = load_model(str(bundled["ce"])).model.eval()
+    fast = channels_last_on_cpu(model)
+    assert fast is not model and next(model.parameters()).is_contiguous()  # the caller's model is untouched
+    conv_w = next(p for p in fast.parameters() if p.dim() == 4)
+    assert conv_w.is_contiguous(memory_format=torch.channels_last)
+    x = load_dataset("mnist5k", "test").images[:8]
+    with torch.no_grad():
+        t = model(x).argmax(1)
+    for method in ("saliency", "gradcam", "guided_backprop"):
+        a, b = attribute(method, model, x, t), attribute(method, fast, x, t)
+        assert float((a - b).abs().max()) <= 1e-5 * float(a.abs().max()), method
+    tiny = timm.create_model("test_resnet_cifar", in_chans=1, num_classes=3, widths=(4, 8))  # 4 → 8 shortcut
+    assert channels_last_on_cpu(tiny) is tiny
+    flat = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    assert channels_last_on_cpu(flat) is flat
