@@ -249,7 +249,7 @@ Examples:
 @click.option("--runtime", type=click.Choice(["torch", "onnx"]), default=None,
               help="torch (default): everything in PyTorch, as loaded. onnx: the accuracy and the perturbation "
                    "metrics' forwards run the repo's onnx/model.onnx in onnxruntime, and on a CPU explanations use "
-                   "PyTorch's channels_last layout (about 1.4x faster on CPU; scores equal torch's to 1e-5).")
+                   "PyTorch's channels_last layout (about 1.5x faster on a CPU; scores equal torch's to 1e-5).")
 @click.option("--out", "out_dir", default="results", show_default=True, type=click.Path(file_okay=False),
               help="Results root folder.")
 @click.option("--force", is_flag=True,
