@@ -38,11 +38,14 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from sclzoo.evaluator.runner import OnnxRuntime
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL_MODEL_DIR = REPO / "zoo" / "models" / "resnet8_cifar.ce_mnist5k"
@@ -329,15 +332,18 @@ def measure_floor(
 
 def run_sclzoo(
     model: nn.Module, x: Tensor, target: Tensor, a: Tensor, method: str, params: dict[str, dict[str, Any]],
-    batch_size: int, seed: int, forward: Callable[[Tensor], Tensor] | None = None,
+    batch_size: int, seed: int, runtime: OnnxRuntime | None = None,
 ) -> dict[str, tuple[float, np.ndarray]]:
     """Each suite metric through compute() on one MetricContext (shared cache), timed one by one.
 
-    ``forward`` is the forward-only path of the perturbation metrics (sclzoo's ``--runtime onnx``); explanations
-    always run in PyTorch.
+    ``runtime`` is sclzoo's ``--runtime onnx`` set-up (onnxruntime forwards, channels_last explanations on a CPU);
+    ``None`` = ``--runtime torch``.
     """
     from sclzoo.evaluator.attributions import attribute
     from sclzoo.evaluator.metrics import MetricContext, compute
+
+    if runtime is not None:
+        model = runtime.model
 
     def explain(xs: Tensor, ys: Tensor, ids: Tensor) -> Tensor:
         return attribute(method, model, xs, ys, sample_ids=ids, seed=seed)
@@ -351,8 +357,8 @@ def run_sclzoo(
         sample_ids=torch.arange(x.shape[0]),
         seed=seed,
         batch_size=batch_size,
-        forward=forward,
-        forward_threads=1 if forward is not None else None,  # as `sclzoo evaluate --runtime onnx` on a CPU
+        forward=runtime.forward if runtime else None,
+        forward_threads=runtime.forward_threads if runtime else None,
     )
     out = {}
     for name in SUITE:
@@ -435,31 +441,23 @@ def bench_model(which: str, args: argparse.Namespace, log: Callable[[str], None]
     # One warm-up of each implementation on two images (allocators, lazy imports, oneDNN kernels).
     xw, yw = x[:2], target[:2]
     aw = attribute(args.method, model, xw, yw, seed=args.seed)
-    forward = None
-    if args.sclzoo_runtime == "onnx":
-        from sclzoo.zoo.onnx_export import export_onnx, onnx_logits, onnx_session
+    runtime = None
+    if args.sclzoo_runtime == "onnx":  # exactly what `sclzoo evaluate --runtime onnx` sets up
+        from sclzoo.evaluator.runner import onnx_runtime
+        from sclzoo.zoo.onnx_export import export_onnx
 
         onnx_dir = Path(tempfile.mkdtemp(prefix="sclzoo-bench-"))
         export_onnx(model, onnx_dir / "model.onnx", tuple(x.shape[1:]))  # type: ignore[arg-type]
-        session = onnx_session(onnx_dir / "model.onnx", threads=args.threads)
-
-        def forward(xs: Tensor) -> Tensor:
-            return onnx_logits(session, xs, batch_size=args.batch_size)
-
-        # As `sclzoo evaluate --runtime onnx` on a CPU: explanations in the channels_last layout.
-        from sclzoo.evaluator.runner import channels_last_on_cpu
-
-        sclzoo_model = channels_last_on_cpu(model)
-    else:
-        sclzoo_model = model
-    run_sclzoo(sclzoo_model, xw, yw, aw, args.method, params, args.batch_size, args.seed, forward)
+        runtime = onnx_runtime(onnx_dir / "model.onnx", model, torch.device("cpu"), threads=args.threads,
+                               batch_size=args.batch_size)
+    run_sclzoo(model, xw, yw, aw, args.method, params, args.batch_size, args.seed, runtime)
     if not args.skip_quantus:
         run_quantus(model, xw, yw, aw, args.method, params, args.batch_size, args.seed, args.quantus_timeout,
                     log)
 
     t_maps, a = timed(lambda: attribute(args.method, model, x, target, sample_ids=torch.arange(n), seed=args.seed))
     log(f"  maps ({args.method}) for {n} images: {t_maps:.3f} s")
-    ours = run_sclzoo(sclzoo_model, x, target, a, args.method, params, args.batch_size, args.seed, forward)
+    ours = run_sclzoo(model, x, target, a, args.method, params, args.batch_size, args.seed, runtime)
     log("  sclzoo: " + ", ".join(f"{k} {v[0]:.2f}s" for k, v in ours.items()))
     ref: dict[str, tuple[float | None, np.ndarray | None]] = {name: (None, None) for name in SUITE}
     if not args.skip_quantus:

@@ -44,8 +44,8 @@ from sclzoo.evaluator.results import (
 from sclzoo.evaluator.runner import (
     BatchResult,
     EvalOutput,
-    channels_last_on_cpu,
     merge_batches,
+    onnx_runtime,
     resolve_specs,
     run_evaluation,
     select_samples,
@@ -284,33 +284,23 @@ def _run(job: _Job, dev: torch.device, info: DistInfo, done: dict[int, BatchResu
         train = load_dataset(dataset_id, "train")
         g = torch.Generator().manual_seed(cfg.seed)
         baseline_pool = train.images[torch.randperm(len(train), generator=g)[:64]]
-    forward = None
-    forward_threads = None
-    explain_model = loaded.model
+    runtime = None
     acc_onnx = None
     if cfg.runtime == "onnx":
-        from sclzoo.zoo.onnx_export import onnx_logits, onnx_session
-
         onnx_file = resolved.path / "onnx" / "model.onnx"
         if not onnx_file.is_file():
             raise ModelLoadError(f"{resolved.repo_id!r} has no onnx/model.onnx; re-export it with `sclzoo export` "
                                  "or use --runtime torch")
-        sess = onnx_session(onnx_file, dev.type)
-
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            return onnx_logits(sess, x)
-
-        if dev.type == "cpu":  # onnxruntime's threads own the cores during forward-only metrics
-            forward_threads = 1
-            explain_model = channels_last_on_cpu(loaded.model)
+        runtime = onnx_runtime(onnx_file, loaded.model, dev)
 
     started = datetime.now(timezone.utc)
     t0 = time.time()
     deterministic = True
     torch.use_deterministic_algorithms(True, warn_only=True)
-    output = run_evaluation(explain_model, images, labels, ids, cfg, device=dev, split_images=data.images,
-                            split_labels=data.labels, baseline_pool=baseline_pool, forward_logits=forward,
-                            forward_threads=forward_threads,
+    output = run_evaluation(runtime.model if runtime else loaded.model, images, labels, ids, cfg, device=dev,
+                            split_images=data.images, split_labels=data.labels, baseline_pool=baseline_pool,
+                            forward_logits=runtime.forward if runtime else None,
+                            forward_threads=runtime.forward_threads if runtime else None,
                             progress=progress and info.is_main, done_batches=done, on_batch=on_batch,
                             shard=(info.rank, info.world_size))
     if info.enabled:
