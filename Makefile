@@ -27,18 +27,25 @@ help:
 	@echo "make cards-check  fail with a diff when a bundled model card drifted from its data"
 	@echo "make leaderboard  evaluate registry models without a result (standard preset), rebuild leaderboard/"
 
-install: $(STAMP) $(OLAH_STAMP)
+install: $(STAMP)
 
-# Re-runs only when the project metadata changes; torch/torchvision are pinned in pyproject.toml.
+# Re-runs only when the project metadata changes; torch/torchvision are pinned in pyproject.toml. pip is not quiet:
+# it lists what it collects and installs.
 $(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@test -x $(BIN)/python || { echo "== creating $(VENV) (a few seconds)"; $(PY) -m venv $(VENV); }
+	@echo "== [1/2] upgrading pip in $(VENV) (~10 s)"
+	$(BIN)/python -m pip install --progress-bar on --upgrade pip
+	@echo "== [2/2] installing sclzoo (editable) with torch==2.14.1, torchvision, timm, captum, onnxruntime, quantus"
+	@echo "   and the dev tools: ~1 GB, 5-8 minutes into a new $(VENV) on a 2-core machine, seconds when up to date"
+	$(BIN)/python -m pip install --progress-bar on -e '.[dev]'
 	@touch $(STAMP)
+	@echo "== installed: $(BIN)/sclzoo"
 
-# The test Hub's read side (tests/hub_server.py); tests create it too when it is missing.
+# The test Hub's read side (tests/hub_server.py) for tests/test_hub.py; only the tests need it (tests create it
+# too when it is missing).
 $(OLAH_STAMP):
 	@command -v git >/dev/null 2>&1 || { echo "olah needs git: install it (e.g. apt-get install git)" >&2; exit 1; }
+	@echo "== installing olah into $(OLAH_VENV) for the test Hub (~20 s)"
 	@test -x $(OLAH_VENV)/bin/python || $(PY) -m venv $(OLAH_VENV)
 	$(OLAH_VENV)/bin/pip install -q olah
 	@touch $(OLAH_STAMP)
@@ -50,15 +57,18 @@ demo: install
 	  $(BIN)/sclzoo evaluate --model zoo/models/$$m --n-samples $(N) --methods $(DEMO_METHODS) \
 	    --metrics $(DEMO_METRICS) --out $(DEMO)/results || exit 1; \
 	done
-	$(BIN)/sclzoo leaderboard $(DEMO)/results --out $(DEMO)/leaderboard
+	@echo "== building the leaderboard (full Markdown: $(DEMO)/leaderboard/LEADERBOARD.md)"
+	@$(BIN)/sclzoo leaderboard $(DEMO)/results --out $(DEMO)/leaderboard --quiet >/dev/null
+	@echo
+	@$(BIN)/python -m sclzoo.evaluator.summary $(DEMO)/leaderboard
 
-test: install
+test: install $(OLAH_STAMP)
 	$(PYTEST) -m "not slow" -q
 
-test-slow: install
+test-slow: install $(OLAH_STAMP)
 	$(PYTEST) -m slow -q
 
-test-all: install
+test-all: install $(OLAH_STAMP)
 	$(PYTEST) -q
 
 lint: install

@@ -11,6 +11,7 @@ over it, and Python users call it directly::
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 import time
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sclzoo.errors import ConfigError, ModelLoadError, ResultError
+from sclzoo.errors import ConfigError, DatasetError, ModelLoadError, ResultError
 from sclzoo.evaluator.config import EvalConfig
 from sclzoo.evaluator.metrics import METRICS
 from sclzoo.evaluator.results import (
@@ -99,8 +100,15 @@ def _versions() -> dict[str, str]:
 
 
 def evaluate(
-    model: str,
+    model: Any,
     *,
+    data: Any = None,
+    model_id: str | None = None,
+    preprocess: dict[str, Any] | None = None,
+    weights: str | Path | None = None,
+    num_classes: int | None = None,
+    in_chans: int | None = None,
+    class_map: str | Path | dict[str, int] | None = None,
     revision: str | None = None,
     out: str | Path | None = "results",
     config: EvalConfig | None = None,
@@ -116,7 +124,17 @@ def evaluate(
     """Evaluates the attribution quality of one model.
 
     Args:
-        model: Folder, ``local-dir:PATH``, zoo alias, ``hf-hub:org/name`` or ``org/name``.
+        model: Folder, ``local-dir:PATH``, zoo alias, ``hf-hub:org/name``, ``org/name``, ``timm:ARCH`` (with
+            ``weights`` and ``num_classes``), or an ``nn.Module`` (with ``model_id``).
+        data: A dataset id, ``imagefolder:PATH``, or ``(images, labels[, class_names])`` tensors with images
+            (N, C, H, W) in [0, 1] (default: the model's own dataset; same as the ``dataset`` config key).
+        model_id: ``org/name`` results are filed under, for an ``nn.Module`` or ``timm:ARCH``.
+        preprocess: Overrides of the model's data config: ``input_size``, ``interpolation``, ``crop_pct``,
+            ``crop_mode``, ``mean``, ``std`` (for an ``nn.Module``: its input size and normalisation).
+        weights: For ``timm:ARCH``: a safetensors weights file.
+        num_classes: For ``timm:ARCH``: classes of its classifier.
+        in_chans: For ``timm:ARCH``: input channels.
+        class_map: Dataset class name → model logit index (a JSON/TOML file or a dict).
         revision: Hub branch, tag or commit.
         out: Results root (``results/``); None computes without writing.
         config: A ready config (else built from preset / config_file / kwargs).
@@ -146,12 +164,18 @@ def evaluate(
     cfg = build_config(config, preset, config_file, **kwargs)
     methods, metrics = resolve_specs(cfg)  # fail on bad names before any download
     dev = resolve_device(cfg.device)
-    resolved, loaded, dataset_id, data = _model_and_data(model, revision, cfg.dataset, cfg.split)
-    if cfg.n_samples > len(data):
-        raise ConfigError(f"--n-samples {cfg.n_samples} is larger than the {cfg.split} split of {dataset_id!r} "
-                          f"({len(data)} images); pass --n-samples {len(data)} or less")
-    positions = select_samples(data.labels, cfg.n_samples, cfg.selection, cfg.seed)
-    images, labels, ids = data.images[positions], data.labels[positions], data.indices[positions]
+    if data is not None and cfg.dataset is not None:
+        raise ConfigError("pass the dataset once: data= or dataset=, not both")
+    resolved, loaded, dplan = _model_and_data(
+        model, revision, data if data is not None else cfg.dataset, cfg.split, target=cfg.target,
+        model_id=model_id, preprocess=preprocess, weights=weights, num_classes=num_classes, in_chans=in_chans,
+        class_map=class_map)
+    ds, dataset_id = dplan.data, dplan.dataset_id
+    if cfg.n_samples > len(ds):
+        raise ConfigError(f"--n-samples {cfg.n_samples} is larger than the {dplan.split} split of "
+                          f"{dplan.dataset_ref or dataset_id!r} ({len(ds)} images); pass --n-samples {len(ds)} or less")
+    positions = select_samples(ds.labels, cfg.n_samples, cfg.selection, cfg.seed)
+    images, labels, ids = ds.images[positions], dplan.labels[positions], ds.indices[positions]
     indices_sha = hashlib.sha256(np.asarray(ids.numpy(), dtype="<i8").tobytes()).hexdigest()
     batch_auto = cfg.batch_size == "auto"
     if batch_auto:
@@ -159,7 +183,8 @@ def evaluate(
 
         cfg = cfg.replace(batch_size=auto_batch_size(loaded.model, images, methods, dev))
     canonical = cfg.canonical({"dataset": dataset_id, "methods": methods, "metrics": metrics, "device": dev.type,
-                               "indices_sha256": indices_sha})
+                               "split": dplan.split, "indices_sha256": indices_sha,
+                               "preprocess": dplan.preprocess, "class_map": dplan.class_map})
     canonical["batch_size_auto"] = batch_auto
     config_hash = EvalConfig.hash_of(canonical)
     path = result_path(out, resolved.repo_id, resolved.commit_sha, config_hash) if out is not None else None
@@ -179,7 +204,7 @@ def evaluate(
                 "indices_sha256": indices_sha, "batch_size": cfg.batch_size, "methods": list(methods),
                 "metrics": list(metrics)}
         done, on_batch = _checkpointing(path, meta, ids.numpy(), resume=resume, force=force, info=info)
-        job = _Job(cfg, loaded, resolved, data, dataset_id, images, labels, ids, methods, canonical, config_hash,
+        job = _Job(cfg, loaded, resolved, dplan, images, labels, ids, methods, canonical, config_hash,
                    indices_sha, path)
         return _run(job, dev, info, done, on_batch, progress=progress, command=command,
                     provenance_source=provenance_source)
@@ -188,43 +213,252 @@ def evaluate(
             shutdown(info)
 
 
-def _model_and_data(model: str, revision: str | None, dataset: str | None, split: str) -> tuple[Any, Any, str, Any]:
-    """Resolves and loads a model and the split it is evaluated on (default: its training dataset's).
+@dataclass(frozen=True)
+class DataPlan:
+    """The evaluated split, brought to the model's input, and how it is identified in the config.
+
+    Attributes:
+        data: The split (images at the model's input size and channels, [0, 1]).
+        dataset_id: The id the config (and so the config hash) records: a registered name, or for image folders
+            and tensors ``<kind>@sha256:<content hash>`` of the pixels, labels and class names (not a path).
+        dataset_ref: What to load it again with (a registered name or ``imagefolder:PATH``); None for tensors.
+        split: The split evaluated.
+        labels: (N,) labels in the model's logit space, or the dataset's labels when they do not match it.
+        labels_match: Whether ``labels`` index the model's logits (accuracy and ``--target label`` need it).
+        class_map: Dataset class name → model logit, when one was given or matched by label names.
+        preprocess: The canonical preprocessing record, None when images reach the model unchanged.
+        record: Extra facts for the result's dataset block (class names, content hash, preprocessing).
+    """
+
+    data: Any
+    dataset_id: str
+    dataset_ref: str | None
+    split: str
+    labels: torch.Tensor
+    labels_match: bool
+    class_map: dict[str, int] | None
+    preprocess: dict[str, Any] | None
+    record: dict[str, Any]
+
+
+def read_class_map(path: str | Path | dict[str, int]) -> dict[str, int]:
+    """Reads a class map (JSON or TOML ``{"folder name": model logit index}``).
 
     Raises:
-        ConfigError: the model names no dataset, or the dataset's images do not have the model's input size.
+        ConfigError: the file is missing, unreadable, or not a table of non-negative integers.
     """
-    from sclzoo.zoo.data import load_dataset
-    from sclzoo.zoo.hub import load_model, resolve_model
+    if isinstance(path, dict):
+        raw: Any = path
+        where = "class_map"
+    else:
+        p = Path(path)
+        where = f"class map {str(p)!r}"
+        if not p.is_file():
+            raise ConfigError(f"{where} does not exist; pass a JSON or TOML file mapping folder names to class "
+                              "indices, e.g. {\"cat\": 281}")
+        if p.suffix.lower() == ".toml":
+            from sclzoo.tomlfile import read_toml
 
-    resolved = resolve_model(model, revision)
-    loaded = load_model(resolved)
-    dataset_id = dataset or loaded.config.get("sclzoo", {}).get("train_dataset", {}).get("id")
-    if not dataset_id:
-        raise ConfigError(f"model {resolved.repo_id!r} does not name its dataset; pass --dataset")
-    data = load_dataset(dataset_id, split)
-    if data.input_size != loaded.input_size:
-        own = loaded.config.get("sclzoo", {}).get("train_dataset", {}).get("id")
-        fix = f"drop --dataset to use its own {own!r}" if own and own != dataset_id else "pass --dataset"
-        raise ConfigError(f"model {resolved.repo_id!r} takes inputs {loaded.input_size} (C, H, W) but dataset "
-                          f"{dataset_id!r} has {data.input_size}; {fix}, or another dataset with images of the "
-                          "model's size")
-    return resolved, loaded, dataset_id, data
+            raw = read_toml(p, "class map")
+        else:
+            try:
+                raw = json.loads(p.read_bytes().decode("utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ConfigError(f"{where} is not valid JSON ({e}); write {{\"folder name\": index, ...}}") from None
+    if not isinstance(raw, dict) or not raw or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0 for k, v in raw.items()):
+        raise ConfigError(f"{where} must map class names to non-negative integers, e.g. {{\"cat\": 281}}")
+    return dict(raw)
+
+
+def _tensor_dataset(data: Any, name: str = "tensors") -> Any:
+    """(images, labels[, class names]) or a TensorDataset → an in-memory split ``all``.
+
+    Raises:
+        ConfigError: not 4-D images in [0, 1] (floats) or 0..255 (uint8), labels not matching.
+    """
+    from sclzoo.zoo.data import ImageDataset
+
+    if hasattr(data, "tensors"):  # torch.utils.data.TensorDataset
+        data = data.tensors
+    if not isinstance(data, (tuple, list)) or len(data) not in (2, 3):
+        raise ConfigError("data must be a dataset id, 'imagefolder:PATH', or (images, labels[, class_names]) "
+                          f"tensors, got {type(data).__name__}")
+    images, labels = torch.as_tensor(data[0]), torch.as_tensor(data[1])
+    if images.dtype == torch.uint8:
+        images = images.float() / 255.0
+    if images.ndim != 4 or not images.is_floating_point():
+        raise ConfigError(f"images must be a float (N, C, H, W) tensor in [0, 1], got {images.dtype} "
+                          f"{list(images.shape)}")
+    images = images.detach().float().cpu().contiguous()
+    if len(images) == 0 or not torch.isfinite(images).all() or images.min() < 0 or images.max() > 1:
+        raise ConfigError("images must be finite and in [0, 1] (sclzoo normalises inside the model); divide "
+                          "8-bit images by 255")
+    if labels.ndim != 1 or len(labels) != len(images) or labels.is_floating_point() or (labels < 0).any():
+        raise ConfigError(f"labels must be {len(images)} non-negative integers, got {labels.dtype} "
+                          f"{list(labels.shape)}")
+    labels = labels.long().cpu()
+    k = int(labels.max()) + 1
+    names = tuple(str(n) for n in data[2]) if len(data) == 3 else tuple(str(i) for i in range(k))
+    if len(names) < k:
+        raise ConfigError(f"{len(names)} class names given but the labels go up to {k - 1}")
+    return ImageDataset(id=name, split="all", images=images, labels=labels, indices=torch.arange(len(images)),
+                        label_names=names, mean=(0.0,), std=(1.0,), split_sha256="")
+
+
+def _model_and_data(model: Any, revision: str | None, dataset: Any, split: str | None, *,
+                    target: str = "predicted", model_id: str | None = None,
+                    preprocess: dict[str, Any] | None = None, weights: str | Path | None = None,
+                    num_classes: int | None = None, in_chans: int | None = None,
+                    class_map: str | Path | dict[str, int] | None = None) -> tuple[Any, Any, DataPlan]:
+    """Resolves and loads a model, and the split it is evaluated on, brought to the model's input.
+
+    The dataset defaults to the model's own training dataset. Images are converted to the model's channels and
+    resized/cropped as its data config says (:mod:`sclzoo.zoo.preprocess`); labels are mapped to the model's
+    logits by ``class_map``, by matching class names with the model's label names, or used as they are when
+    the class counts agree.
+
+    Raises:
+        ConfigError: no dataset, a class-count mismatch with ``target="label"`` and no class map, a single-class
+            dataset, a class map that misses a class or points past the model's logits.
+    """
+    from torch import nn
+
+    from sclzoo.zoo.data import default_split, load_dataset
+    from sclzoo.zoo.hub import from_module, load_model, module_data_config, resolve_model
+    from sclzoo.zoo.preprocess import content_sha256
+
+    if isinstance(model, nn.Module):
+        if model_id is None:
+            raise ConfigError("evaluating an nn.Module needs model_id='org/name' (the id results are filed under)")
+        loaded = from_module(model, model_id, preprocess)
+        resolved = loaded.resolved
+    else:
+        if model_id is not None and not str(model).startswith("timm:"):
+            raise ConfigError(f"model_id is for nn.Module and timm: models; {model!r} has its own id")
+        resolved = resolve_model(model, revision, weights=weights, num_classes=num_classes, in_chans=in_chans,
+                                 model_id=model_id)
+        loaded = load_model(resolved, preprocess=preprocess)
+    tensors = dataset is not None and not isinstance(dataset, str)
+    ref = None if tensors else (dataset or loaded.config.get("sclzoo", {}).get("train_dataset", {}).get("id"))
+    if not tensors and not ref:
+        raise ConfigError(f"model {resolved.repo_id!r} does not name its dataset; pass --dataset (a name from "
+                          "`sclzoo ls datasets` or imagefolder:PATH)")
+    if tensors:
+        raw = _tensor_dataset(dataset)
+        split = split or "all"
+        if split != "all":
+            raise ConfigError(f"tensor data has one split, 'all'; drop split={split!r}")
+        loaded = module_data_config(loaded, raw.input_size, preprocess)
+        dc = loaded.data_config
+        from dataclasses import replace as _replace
+
+        from sclzoo.zoo.preprocess import transform_tensors
+
+        data = _replace(raw, images=transform_tensors(raw.images, dc))
+        src_size = raw.input_size
+    else:
+        split = split or default_split(ref)
+        if loaded.data_config is None:  # a Python module without an input size: the dataset's own
+            probe = load_dataset(ref, split)
+            loaded = module_data_config(loaded, probe.input_size, preprocess)
+        dc = loaded.data_config
+        data = load_dataset(ref, split, prep=dc)
+        src_size = _source_size(ref, split, data)
+    assert dc is not None  # set above for every source
+    k, names = loaded.num_classes, tuple(data.label_names)
+    content = content_sha256(data.images, data.labels, names)
+    is_registered = not tensors and not str(ref).startswith("imagefolder:")
+    kind = "tensors" if tensors else "imagefolder"
+    dataset_id = str(ref) if is_registered else f"{kind}@sha256:{content}"
+    cmap: dict[str, int] | None = read_class_map(class_map) if class_map is not None else None
+    if cmap is None and loaded.label_names and names != tuple(loaded.label_names[: len(names)]) \
+            and set(names) <= set(loaded.label_names):
+        cmap = {n: loaded.label_names.index(n) for n in names}  # matched by the model's own label names
+    labels, labels_match = data.labels, True
+    if cmap is not None:
+        missing = [n for n in names if n not in cmap]
+        if missing:
+            raise ConfigError(f"the class map has no entry for class(es) {missing[:5]} of the dataset; add them "
+                              "(folder name → model class index)")
+        over = {n: i for n, i in cmap.items() if i >= k}
+        if over:
+            raise ConfigError(f"the class map points {over} past the model's {k} classes (0..{k - 1}); fix the map")
+        cmap = {n: cmap[n] for n in names}
+        labels = torch.tensor([cmap[names[int(y)]] for y in data.labels], dtype=torch.long)
+    elif len(names) < 2:
+        raise ConfigError(f"dataset {ref or 'tensors'!r} has a single class ({names[0]!r}); add the other class "
+                          "folders, or pass --class-map FILE to say which model class it is")
+    elif len(names) != k:
+        if target == "label":
+            raise ConfigError(f"the model has {k} classes but the dataset has {len(names)} ({', '.join(names[:5])}"
+                              f"{', …' if len(names) > 5 else ''}); pass --class-map FILE (class name → model class "
+                              "index) or --target predicted")
+        labels_match = False
+    c, h, w = src_size
+    pre = dc.record(h, w, c)
+    canonical_pre = None
+    if pre["resized"] or pre["channels_converted"]:
+        canonical_pre = {key: pre[key] for key in ("input_size", "interpolation", "crop_pct", "crop_mode",
+                                                   "source_size")}
+    record = {"class_names": list(names), "content_sha256": content, "preprocess": pre,
+              "labels_match_model": labels_match}
+    if cmap is not None:
+        record["class_map"] = cmap
+    if not is_registered and not tensors:
+        record["folder"] = Path(str(ref)[len("imagefolder:"):]).name
+    return resolved, loaded, DataPlan(data, dataset_id, None if tensors else str(ref), split, labels,
+                                      labels_match, cmap, canonical_pre, record)
+
+
+def _source_size(ref: str, split: str, data: Any) -> tuple[int, int, int]:
+    """(C, H, W) of a dataset's images before preprocessing (image folders: the first image's)."""
+    if not ref.startswith("imagefolder:"):
+        from sclzoo.zoo.data import DATASETS
+
+        raw = DATASETS.get(ref)(split, None)
+        return raw.input_size
+    from PIL import Image
+
+    root = Path(ref[len("imagefolder:"):])
+    for f in sorted(root.rglob("*")):
+        if f.is_file() and f.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"):
+            with Image.open(f) as im:
+                return (1 if im.mode in ("L", "1", "I", "I;16", "F") else 3), im.height, im.width
+    return data.input_size
 
 
 def _checkpointing(path: Path | None, meta: dict[str, Any], ids: np.ndarray, *, resume: bool, force: bool,
                    info: DistInfo) -> tuple[dict[int, BatchResult], Callable[[BatchResult], None] | None]:
-    """Finished batches to resume from, and the callback that checkpoints each new batch."""
+    """Finished batches to resume from, and the callback that checkpoints each new batch.
+
+    Rank 0 holds the checkpoint's lock for the whole run (a second live run is told "already running (pid N)",
+    not "interrupted"); a folder without ``meta.json`` (e.g. left by a full disk) counts as absent, and temporary
+    files of a killed run are removed.
+    """
+    from sclzoo.evaluator.results import (
+        check_resume_force,
+        checkpoint_exists,
+        clear_checkpoint,
+        lock_checkpoint,
+        unlock_checkpoint,
+    )
+
+    check_resume_force(resume, force)
     if path is None:
         return {}, None
     folder = checkpoint_dir(path)
-    if folder.exists() and not (resume or force):
+    if info.is_main:
+        lock_checkpoint(folder)
+    if checkpoint_exists(folder) and not (resume or force):
+        if info.is_main:
+            unlock_checkpoint(folder)
         raise ResultError(f"an interrupted run of this config left the checkpoint {str(folder)!r}; pass --resume "
                           "(resume=True) to continue it or --force to start over")
-    if force and info.is_main:
-        remove_checkpoint(folder)
+    if info.is_main:
+        clear_checkpoint(folder, keep=resume)
     barrier(info)  # nobody reads or writes the folder before rank 0 has cleared it
-    done = read_checkpoint(folder, meta, ids) if resume and not force else {}
+    done = read_checkpoint(folder, meta, ids) if resume else {}
 
     def on_batch(batch: BatchResult) -> None:
         write_checkpoint_batch(folder, meta, batch, ids[batch.start : batch.start + batch.size])
@@ -257,8 +491,7 @@ class _Job:
     cfg: EvalConfig
     loaded: Any  # zoo.hub.LoadedModel
     resolved: Any  # zoo.hub.ResolvedModel
-    data: Any  # zoo.data.ImageDataset (the whole split)
-    dataset_id: str
+    plan: DataPlan  # the whole split, at the model's input
     images: torch.Tensor  # (N, C, H, W) evaluated images
     labels: torch.Tensor  # (N,)
     ids: torch.Tensor  # (N,) dataset indices
@@ -273,24 +506,39 @@ def _run(job: _Job, dev: torch.device, info: DistInfo, done: dict[int, BatchResu
          on_batch: Callable[[BatchResult], None] | None, *, progress: bool, command: str | None,
          provenance_source: str) -> Result:
     """Runs the evaluation (this process's shard), gathers the shards, and writes the result on rank 0."""
+    from sclzoo.evaluator.attributions import gradcam_layer_name
     from sclzoo.zoo.data import load_dataset
     from sclzoo.zoo.train import device_name
 
-    cfg, loaded, resolved, data, dataset_id = job.cfg, job.loaded, job.resolved, job.data, job.dataset_id
+    cfg, loaded, resolved, plan = job.cfg, job.loaded, job.resolved, job.plan
+    data, dataset_id = plan.data, plan.dataset_id
     images, labels, ids, methods, path = job.images, job.labels, job.ids, job.methods, job.path
     canonical, config_hash, indices_sha = job.canonical, job.config_hash, job.indices_sha
     baseline_pool = None
     if "expected_gradients" in methods:
-        train = load_dataset(dataset_id, "train")
+        pool_source = data  # tensors and image folders without train/: the evaluated split itself
+        if plan.dataset_ref is not None:
+            try:
+                pool_source = load_dataset(plan.dataset_ref, "train", prep=loaded.data_config)
+            except DatasetError:
+                pool_source = data
         g = torch.Generator().manual_seed(cfg.seed)
-        baseline_pool = train.images[torch.randperm(len(train), generator=g)[:64]]
+        baseline_pool = pool_source.images[torch.randperm(len(pool_source), generator=g)[:64]]
     runtime = None
     acc_onnx = None
     if cfg.runtime == "onnx":
         onnx_file = resolved.path / "onnx" / "model.onnx"
-        if not onnx_file.is_file():
+        if resolved.source == "python" or not onnx_file.is_file():
             raise ModelLoadError(f"{resolved.repo_id!r} has no onnx/model.onnx; re-export it with `sclzoo export` "
                                  "or use --runtime torch")
+        listed = loaded.config.get("sclzoo", {}).get("files_sha256", {})
+        if "onnx/model.onnx" not in listed:  # load_model verified every listed file; an unlisted one is unknown
+            raise ModelLoadError(f"onnx/model.onnx of {resolved.repo_id!r} is not listed in config.json's "
+                                 "files_sha256, so it cannot be verified against the weights; re-export the repo "
+                                 "with `sclzoo export`, or use --runtime torch")
+        if plan.preprocess is not None or loaded.data_config.normalises:
+            raise ConfigError("--runtime onnx runs the repo's ONNX file as exported, without sclzoo's "
+                              "preprocessing; use --runtime torch for this model and dataset")
         runtime = onnx_runtime(onnx_file, loaded.model, dev)
 
     started = datetime.now(timezone.utc)
@@ -298,7 +546,8 @@ def _run(job: _Job, dev: torch.device, info: DistInfo, done: dict[int, BatchResu
     deterministic = True
     torch.use_deterministic_algorithms(True, warn_only=True)
     output = run_evaluation(runtime.model if runtime else loaded.model, images, labels, ids, cfg, device=dev,
-                            split_images=data.images, split_labels=data.labels, baseline_pool=baseline_pool,
+                            split_images=data.images, split_labels=plan.labels, baseline_pool=baseline_pool,
+                            labels_match=plan.labels_match,
                             forward_logits=runtime.forward if runtime else None,
                             forward_threads=runtime.forward_threads if runtime else None,
                             progress=progress and info.is_main, done_batches=done, on_batch=on_batch,
@@ -310,7 +559,9 @@ def _run(job: _Job, dev: torch.device, info: DistInfo, done: dict[int, BatchResu
         with torch.no_grad():
             logits = torch.cat([loaded.model.to(dev)(data.images[i : i + 256].to(dev)).cpu()
                                 for i in range(0, len(data), 256)])
-        acc_torch = {"value": float((logits.argmax(1) == data.labels).float().mean()), "n": len(data)}
+        acc_torch = {"value": float((logits.argmax(1) == plan.labels).float().mean()), "n": len(data)}
+        if not plan.labels_match:
+            acc_torch = dict(output.accuracy)
     else:
         acc_torch = output.accuracy
     scores = {
@@ -327,8 +578,9 @@ def _run(job: _Job, dev: torch.device, info: DistInfo, done: dict[int, BatchResu
             "architecture": loaded.config["architecture"], "objective": z.get("objective", "unknown"),
             "num_parameters": loaded.num_parameters, "source": resolved.source, "name": loaded.name,
         },
-        "dataset": {"id": dataset_id, "split": cfg.split, "n_total": len(data), "n_evaluated": cfg.n_samples,
-                    "indices_sha256": indices_sha, "split_sha256": data.split_sha256, "input_range": [0, 1]},
+        "dataset": {"id": dataset_id, "split": plan.split, "n_total": len(data), "n_evaluated": cfg.n_samples,
+                    "indices_sha256": indices_sha, "split_sha256": data.split_sha256, "input_range": [0, 1],
+                    **plan.record},
         "config": canonical,
         "config_hash": config_hash,
         "accuracy": {"torch": acc_torch, "onnx": acc_onnx},
@@ -345,6 +597,8 @@ def _run(job: _Job, dev: torch.device, info: DistInfo, done: dict[int, BatchResu
             "versions": _versions(),
             "timings_s": output.timings,
             "perturbations_clamped": False,
+            **({"gradcam_layer": gradcam_layer_name(loaded.model, methods["gradcam"].get("layer"))}
+               if "gradcam" in methods else {}),
         },
         "provenance": {"source": provenance_source, "verified": False},
     }
@@ -368,7 +622,7 @@ def explain(
     out: str | Path = "maps.png",
     revision: str | None = None,
     dataset: str | None = None,
-    split: str = "test",
+    split: str | None = None,
     target: str = "predicted",
     seed: int = 0,
     device: str = "auto",
@@ -383,7 +637,7 @@ def explain(
         out: PNG file to write (atomically).
         revision: Hub branch, tag or commit.
         dataset: Dataset id (default: the model's own).
-        split: ``test`` or ``train``.
+        split: ``test`` (default), ``train``; for image folders also ``val`` or ``all``.
         target: ``predicted`` or ``label``: the class whose logit is explained.
         seed: Seed of random methods (per-sample draws, as in ``evaluate``).
         device: ``auto``, ``cpu`` or ``cuda``.
@@ -414,13 +668,15 @@ def explain(
     for m in [*methods, *params]:
         METHODS.get(m)  # unknown names fail here, with "did you mean"
     dev = resolve_device(device)
-    resolved, loaded, dataset_id, data = _model_and_data(model, revision, dataset, split)
+    resolved, loaded, dplan = _model_and_data(model, revision, dataset, split, target=target)
+    data, split = dplan.data, dplan.split
+    shown = dplan.dataset_ref or dplan.dataset_id
     bad = [i for i in images if not 0 <= i < len(data)]
     if bad:
-        raise ConfigError(f"image index {bad[0]} is out of range: the {split} split of {dataset_id!r} has {len(data)} "
+        raise ConfigError(f"image index {bad[0]} is out of range: the {split} split of {shown!r} has {len(data)} "
                           f"images; pass --images between 0 and {len(data) - 1}")
     pos = torch.as_tensor(list(images), dtype=torch.long)
-    x, y, ids = data.images[pos], data.labels[pos], data.indices[pos]
+    x, y, ids = data.images[pos], dplan.labels[pos], data.indices[pos]
     net = loaded.model.eval().to(dev)
     with torch.no_grad():
         logits = net(x.to(dev)).float().cpu()
@@ -432,9 +688,16 @@ def explain(
     torch.use_deterministic_algorithms(True, warn_only=True)
     maps = {m: attribute(m, net, x.to(dev), tgt.to(dev), sample_ids=ids, seed=seed, **params.get(m, {}))
             .sum(1).cpu().numpy() for m in methods}
-    names = data.label_names
-    labels = [f"#{int(i)}: label {names[int(a)]}, pred {names[int(b)]}" for i, a, b in zip(ids, y, preds, strict=True)]
-    title = f"{resolved.repo_id} · {dataset_id} {split} · explaining the {target} class"
+    true_names = data.label_names
+    logit_names = loaded.label_names or (true_names if dplan.labels_match and dplan.class_map is None else None)
+
+    def pred_name(k: int) -> str:
+        return logit_names[k] if logit_names is not None and k < len(logit_names) else f"class {k}"
+
+    labels = [f"image {int(p)}: label {true_names[int(a)]}, pred {pred_name(int(b))}"
+              for p, a, b in zip(pos, data.labels[pos], preds, strict=True)]
+    title = f"{resolved.repo_id} · {Path(shown).name if shown.startswith('imagefolder:') else shown} {split} · " \
+            f"explaining the {target} class"
     return write_file(out_path, explanation_grid(x.numpy(), maps, labels, title))
 
 

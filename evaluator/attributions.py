@@ -36,7 +36,7 @@ from sclzoo.registry import Registry
 
 from .metrics import per_sample_draws
 
-__all__ = ["METHODS", "MethodSpec", "attribute", "gradcam_layer", "method_defaults"]
+__all__ = ["METHODS", "MethodSpec", "attribute", "gradcam_layer", "gradcam_layer_name", "method_defaults"]
 
 #: fn(model, x, target, *, sample_ids, seed, **params) -> attributions of x's shape.
 AttributionFn = Callable[..., Tensor]
@@ -52,6 +52,8 @@ class MethodSpec:
         defaults: Default parameters; :func:`attribute` accepts no others.
         captum: The captum class the method follows (for the record and ``sclzoo ls methods``).
         description: One line for ``sclzoo ls methods``.
+        optional: Parameters (default None) that the canonical config records only when set, so adding one
+            leaves the config hashes of earlier results unchanged.
     """
 
     name: str
@@ -59,20 +61,22 @@ class MethodSpec:
     defaults: dict[str, Any]
     captum: str
     description: str
+    optional: tuple[str, ...] = ()
 
 
 METHODS: Registry[MethodSpec] = Registry("attribution method", "sclzoo ls methods")
 
 
 def _method(
-    name: str, *, captum: str, defaults: dict[str, Any], description: str
+    name: str, *, captum: str, defaults: dict[str, Any], description: str, optional: tuple[str, ...] = ()
 ) -> Callable[[AttributionFn], AttributionFn]:
     """Registers the decorated function as attribution method ``name``."""
 
     def deco(fn: AttributionFn) -> AttributionFn:
         METHODS.add(
             name,
-            MethodSpec(name=name, fn=fn, defaults=dict(defaults), captum=captum, description=description),
+            MethodSpec(name=name, fn=fn, defaults={**dict(defaults), **{k: None for k in optional}},
+                       captum=captum, description=description, optional=tuple(optional)),
         )
         return fn
 
@@ -438,32 +442,75 @@ def smoothgrad(
     return grads.abs().view(n, k, c, h, w).mean(dim=1)
 
 
-def gradcam_layer(model: nn.Module) -> nn.Module:
+def _unwrapped(model: nn.Module) -> list[nn.Module]:
+    """The model and the models it wraps (``.model`` of a normalisation or probe wrapper), outermost first."""
+    chain = [model]
+    while isinstance(getattr(chain[-1], "model", None), nn.Module) and len(chain) < 8:
+        chain.append(chain[-1].model)  # type: ignore[arg-type]
+    return chain
+
+
+def gradcam_layer_name(model: nn.Module, layer: str | None = None) -> str:
+    """The qualified name (in ``model.named_modules()``) of the layer Grad-CAM explains; see
+    :func:`gradcam_layer`."""
+    target = gradcam_layer(model, layer)
+    for name, module in model.named_modules():
+        if module is target:
+            return name
+    return type(target).__name__
+
+
+def gradcam_layer(model: nn.Module, layer: str | None = None) -> nn.Module:
     """The layer Grad-CAM explains.
 
-    The first module in ``model.modules()`` order (the model itself, then wrapped submodules, so a probe or
-    normalisation wrapper still finds its backbone's choice) that defines ``gradcam_layer()`` decides: that is
-    where the per-architecture choice lives. Without one, the last ``nn.Conv2d`` in ``model.modules()`` order,
-    which is the last conv stage's last conv for plain sequential CNNs, but not always (e.g. a ResNet's
-    shortcut or a block's conv before the residual sum): define ``gradcam_layer()`` for such models.
+    ``layer`` (a module name, e.g. ``layer4`` or ``stages.2``, looked up on the model and on the networks it
+    wraps) overrides the choice. Otherwise, in order: the first module in ``model.modules()`` order (the model,
+    then wrapped submodules) that defines ``gradcam_layer()`` (the per-architecture choice, see
+    ``zoo/models.py``); else the module of the last feature stage in timm's ``feature_info`` (the output of a
+    ResNet's last stage, after the residual sum); else the last ``nn.Conv2d`` in ``model.modules()`` order.
 
     Raises:
-        ConfigError: no ``gradcam_layer()`` and no ``nn.Conv2d``.
+        ConfigError: an unknown ``layer`` name (with close names), or no candidate layer at all.
     """
+    if layer is not None:
+        if not isinstance(layer, str):
+            raise ConfigError(f"gradcam: layer must be a module name string, got {layer!r}")
+        for net in _unwrapped(model):
+            try:
+                return net.get_submodule(layer)
+            except AttributeError:
+                continue
+        import difflib
+
+        names = [n for n, _ in _unwrapped(model)[-1].named_modules() if n]
+        close = difflib.get_close_matches(layer, names, n=3)
+        hint = f"did you mean {', '.join(map(repr, close))}?" if close else f"e.g. one of {names[-3:]}"
+        raise ConfigError(f"gradcam: the model has no layer {layer!r}; {hint}")
     for module in model.modules():
         getter = getattr(module, "gradcam_layer", None)
         if callable(getter):
-            layer = getter()
-            if not isinstance(layer, nn.Module):
+            chosen = getter()
+            if not isinstance(chosen, nn.Module):
                 raise ConfigError(
-                    f"{type(module).__name__}.gradcam_layer() returned {type(layer).__name__}; it must return an nn.Module."
+                    f"{type(module).__name__}.gradcam_layer() returned {type(chosen).__name__}; it must return an nn.Module."
                 )
-            return layer
+            return chosen
+    for net in _unwrapped(model):
+        info = getattr(net, "feature_info", None)
+        try:
+            name = info[-1]["module"] if info else None  # type: ignore[index]
+        except (TypeError, KeyError, IndexError):
+            name = None
+        if isinstance(name, str) and name:
+            try:
+                return net.get_submodule(name)
+            except AttributeError:
+                pass
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise ConfigError(
             f"gradcam: {type(model).__name__} has no nn.Conv2d; give it a gradcam_layer() method returning the "
-            "layer to explain."
+            "layer to explain, or pass the layer parameter."
         )
     return convs[-1]
 
@@ -472,7 +519,8 @@ def gradcam_layer(model: nn.Module) -> nn.Module:
     "gradcam",
     captum="LayerGradCam",
     defaults={"relu_attributions": True, "interpolate_mode": "bilinear"},
-    description="Grad-CAM at the last conv stage, upsampled to H×W and copied to every channel (Selvaraju 2017).",
+    optional=("layer",),
+    description="Grad-CAM at the last feature stage, upsampled to H×W and copied to every channel (Selvaraju 2017).",
 )
 def gradcam(
     model: nn.Module,
@@ -483,15 +531,17 @@ def gradcam(
     seed: int,
     relu_attributions: bool,
     interpolate_mode: str,
+    layer: str | None = None,
 ) -> Tensor:
-    """ReLU(Σ_k mean(∂f_y/∂A_k) A_k) at :func:`gradcam_layer`, upsampled and broadcast to C channels.
+    """ReLU(Σ_k mean(∂f_y/∂A_k) A_k) at :func:`gradcam_layer` (``layer``: a module name overriding the
+    default choice), upsampled and broadcast to C channels.
 
     Every channel carries the same map, so the pixel map m = Σ_c a_c is C times the upsampled CAM.
 
     Shapes: (N, C, H, W) → (N, C, H, W).
     """
     n, c, h, w = x.shape
-    cam = LayerGradCam(model, gradcam_layer(model)).attribute(
+    cam = LayerGradCam(model, gradcam_layer(model, layer)).attribute(
         _leaf(x), target=target, relu_attributions=bool(relu_attributions)
     )
     if cam.ndim != 4:

@@ -62,6 +62,17 @@ def _batch_size(value: str | None) -> int | str | None:
     return n
 
 
+def _numbers(value: str, option: str, kind: type, count: int | None = None) -> list[Any]:
+    try:
+        out = [kind(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        out = []
+    if not out or (count is not None and len(out) != count):
+        want = f"{count} comma-separated numbers" if count else "comma-separated numbers"
+        raise click.BadParameter(f"{value!r} is not {want}", param_hint=option)
+    return out
+
+
 def _split(value: str | None) -> list[str] | None:
     if value is None:
         return None
@@ -133,7 +144,11 @@ def _registry_rows(what: str) -> list[dict[str, Any]]:
     if what == "datasets":
         from sclzoo.zoo.data import DATASETS
 
-        return [{"name": n, "description": (fn.__doc__ or "").strip().splitlines()[0]} for n, fn in DATASETS.items()]
+        rows = [{"name": n, "description": (fn.__doc__ or "").strip().splitlines()[0]} for n, fn in DATASETS.items()]
+        rows.append({"name": "imagefolder:PATH", "description": "your images: PATH/<class>/*.png (flat; --split all "
+                     "= the whole folder, default) or PATH/{train,val,test}/<class>/*; RGB or grey, any size "
+                     "(resized to the model's input)"})
+        return rows
     from sclzoo.zoo.models import ARCHITECTURES
 
     return [{"name": n, **{k: str(v) for k, v in a.items()}} for n, a in ARCHITECTURES.items()]
@@ -225,11 +240,33 @@ Examples:
   sclzoo evaluate --model simclr-resnet8-mnist --dry-run        # print config and cost, run nothing
   sclzoo evaluate --model supcon-resnet8-mnist --resume         # continue an interrupted run
   sclzoo evaluate --model ce-resnet8-mnist --selection stratified --n-samples 100
+  sclzoo evaluate --model user/supcon-resnet18 --dataset imagefolder:my_images/     # a timm repo, your images
+  sclzoo evaluate --model timm:resnet18 --weights w.safetensors --num-classes 10 --dataset imagefolder:imgs/
+  sclzoo evaluate --model my_repo/ --dataset imagefolder:imagenet_subset/ --class-map subset.json --target label
   torchrun --nproc_per_node=2 -m sclzoo evaluate --model supcon-resnet8-mnist   # shard over 2 processes
 """)
 @click.option("--model", "model_ref", required=True,
-              help="Zoo alias, model folder, local-dir:PATH, hf-hub:org/name or org/name.")
+              help="Zoo alias, model folder (zoo or timm repo), local-dir:PATH, hf-hub:org/name, org/name, or "
+                   "timm:ARCH with --weights and --num-classes.")
 @click.option("--revision", default=None, help="Hub branch, tag or commit (default main).")
+@click.option("--weights", default=None, type=click.Path(dir_okay=False),
+              help="For --model timm:ARCH: the safetensors weights file.")
+@click.option("--num-classes", type=click.IntRange(min=1), default=None,
+              help="For --model timm:ARCH: classes of the weights' classifier.")
+@click.option("--in-chans", type=click.Choice(["1", "3"]), default=None,
+              help="For --model timm:ARCH: input channels (default: the architecture's).")
+@click.option("--model-id", default=None, help="For --model timm:ARCH: the org/name results are filed under.")
+@click.option("--class-map", type=click.Path(dir_okay=False), default=None,
+              help="JSON/TOML file mapping dataset class (folder) names to the model's class indices, e.g. for an "
+                   "ImageNet subset.")
+@click.option("--input-size", default=None, metavar="C,H,W",
+              help="Override the model's input size (default: its pretrained_cfg).")
+@click.option("--interpolation", default=None, help="Override the resize interpolation (bilinear, bicubic, ...).")
+@click.option("--crop-pct", type=float, default=None, help="Override the centre-crop fraction.")
+@click.option("--crop-mode", type=click.Choice(["center", "squash", "border"]), default=None,
+              help="Override the crop mode.")
+@click.option("--mean", "norm_mean", default=None, metavar="M[,M,M]", help="Override the normalisation mean.")
+@click.option("--std", "norm_std", default=None, metavar="S[,S,S]", help="Override the normalisation std.")
 @click.option("--preset", type=click.Choice(["quick", "standard", "paper"]), default=None,
               help="Number of images, methods and metrics (default: standard).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
@@ -239,7 +276,12 @@ Examples:
               help="Which images: the first N of the split (default) or a seeded class-stratified subset.")
 @click.option("--methods", default=None, help="Comma-separated attribution methods (sclzoo ls methods).")
 @click.option("--metrics", default=None, help="Comma-separated metrics (sclzoo ls metrics).")
-@click.option("--dataset", default=None, help="Dataset id (default: the model's own).")
+@click.option("--dataset", default=None,
+              help="Dataset id (sclzoo ls datasets) or imagefolder:PATH (your own images); default: the model's "
+                   "own.")
+@click.option("--split", default=None,
+              help="Split to explain: test (default), train; for image folders val, or all (the whole folder, "
+                   "the default for a folder without train/val/test).")
 @click.option("--target", type=click.Choice(["predicted", "label"]), default=None,
               help="Explain the predicted class (default) or the true label.")
 @click.option("--seed", type=int, default=None, help="Seed of all random draws (default 0).")
@@ -257,17 +299,40 @@ Examples:
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint (<hash>.partial/).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and its cost; run nothing.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def evaluate_cmd(model_ref: str, revision: str | None, preset: str | None, config_file: str | None,
+def evaluate_cmd(model_ref: str, revision: str | None, weights: str | None, num_classes: int | None,
+                 in_chans: str | None, model_id: str | None, class_map: str | None, input_size: str | None,
+                 interpolation: str | None, crop_pct: float | None, crop_mode: str | None, norm_mean: str | None,
+                 norm_std: str | None, preset: str | None, config_file: str | None,
                  n_samples: int | None, selection: str | None, methods: str | None, metrics: str | None,
-                 dataset: str | None, target: str | None, seed: int | None, batch_size: str | None,
-                 device: str | None, runtime: str | None, out_dir: str, force: bool, resume: bool, dry_run: bool,
-                 quiet: bool) -> None:
-    """Explain a model's predictions and score the explanations; write a result JSON."""
-    from sclzoo.evaluator.api import build_config, evaluate
+                 dataset: str | None, split: str | None, target: str | None, seed: int | None,
+                 batch_size: str | None, device: str | None, runtime: str | None, out_dir: str, force: bool,
+                 resume: bool, dry_run: bool, quiet: bool) -> None:
+    """Explain a model's predictions and score the explanations; write a result JSON.
 
+    The model may be a bundled zoo model, a zoo or timm repo (folder or Hub), or a timm architecture with a
+    safetensors file; images are converted and resized to the model's input as its data config says.
+    """
+    from sclzoo.evaluator.api import build_config, evaluate
+    from sclzoo.evaluator.results import check_resume_force
+
+    check_resume_force(resume, force)
     cfg = build_config(None, preset if preset or config_file else "standard", config_file, n_samples=n_samples,
                        selection=selection, methods=_split(methods), metrics=_split(metrics), dataset=dataset,
-                       target=target, seed=seed, batch_size=_batch_size(batch_size), device=device, runtime=runtime)
+                       split=split, target=target, seed=seed, batch_size=_batch_size(batch_size), device=device,
+                       runtime=runtime)
+    preprocess: dict[str, Any] = {}
+    if input_size is not None:
+        preprocess["input_size"] = _numbers(input_size, "--input-size", int, 3)
+    if interpolation is not None:
+        preprocess["interpolation"] = interpolation
+    if crop_pct is not None:
+        preprocess["crop_pct"] = crop_pct
+    if crop_mode is not None:
+        preprocess["crop_mode"] = crop_mode
+    if norm_mean is not None:
+        preprocess["mean"] = _numbers(norm_mean, "--mean", float)
+    if norm_std is not None:
+        preprocess["std"] = _numbers(norm_std, "--std", float)
     if dry_run:
         from sclzoo.evaluator.runner import estimate_cost, resolve_specs
 
@@ -278,7 +343,9 @@ def evaluate_cmd(model_ref: str, revision: str | None, preset: str | None, confi
         return
     try:
         res = evaluate(model_ref, revision=revision, out=out_dir, config=cfg, force=force, resume=resume,
-                       progress=not quiet, command=" ".join(["sclzoo", *sys.argv[1:]]))
+                       progress=not quiet, command=" ".join(["sclzoo", *sys.argv[1:]]), weights=weights,
+                       num_classes=num_classes, in_chans=int(in_chans) if in_chans else None, model_id=model_id,
+                       class_map=class_map, preprocess=preprocess or None)
     except KeyboardInterrupt:
         click.echo("interrupted: finished batches are checkpointed; run the same command with --resume to "
                    "continue", err=True)
@@ -289,8 +356,11 @@ def evaluate_cmd(model_ref: str, revision: str | None, preset: str | None, confi
     if res.reused:
         click.echo(f"result exists for this model commit and config (use --force to recompute): {res.path}")
     acc = d["accuracy"]["torch"]
-    click.echo(f"{d['model']['id']} ({d['model']['objective']}) · accuracy {acc['value']:.4f} on {acc['n']} "
-               f"{d['dataset']['id']} {d['dataset']['split']} images · {d['dataset']['n_evaluated']} explained")
+    acc_text = "accuracy n/a (the dataset's classes are not the model's; pass --class-map)" \
+        if acc["value"] is None else f"accuracy {acc['value']:.4f}"
+    shown = d["dataset"].get("folder") or d["dataset"]["id"]
+    click.echo(f"{d['model']['id']} ({d['model']['objective']}) · {acc_text} on {acc['n']} "
+               f"{shown} {d['dataset']['split']} images · {d['dataset']['n_evaluated']} explained")
     rows = []
     for method, per in d["scores"].items():
         for metric, a in per.items():
@@ -322,7 +392,7 @@ Examples:
 @click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
 @click.option("--revision", default=None, help="Hub branch, tag or commit (default main).")
 @click.option("--dataset", default=None, help="Dataset id (default: the model's own).")
-@click.option("--split", type=click.Choice(["test", "train"]), default="test", show_default=True)
+@click.option("--split", default=None, help="test (default), train; image folders: val or all.")
 @click.option("--target", type=click.Choice(["predicted", "label"]), default="predicted", show_default=True,
               help="Explain the predicted class or the true label.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of random methods.")
@@ -345,22 +415,47 @@ def explain_cmd(model_ref: str, images: str, methods: str, out_file: str, revisi
 @cli.command("leaderboard", epilog="""\b
 Examples:
   sclzoo leaderboard results/ --out leaderboard/
+  sclzoo leaderboard contributed/ --out /tmp/lb --strict   # any invalid result file is an error (CI)
 """)
 @click.argument("results_dir", type=click.Path(file_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--quiet", is_flag=True, help="Do not print the Markdown table.")
-def leaderboard_cmd(results_dir: str, out_dir: str, quiet: bool) -> None:
+@click.option("--strict", is_flag=True,
+              help="Fail (exit 1, nothing written) when a result file is invalid, instead of skipping it.")
+def leaderboard_cmd(results_dir: str, out_dir: str, quiet: bool, strict: bool) -> None:
     """Rank every result in RESULTS_DIR and compare objectives.
 
     Writes leaderboard.json, leaderboard.csv (+ .parquet with pyarrow), compare.json, LEADERBOARD.md and a static
-    index.html with figures in img/.
+    index.html with figures in img/. Result files are checked first (schema, NaN, aggregates against the
+    per-sample scores); invalid ones are skipped and listed at the end, one line each.
     """
-    from sclzoo.evaluator.leaderboard import write_leaderboard
+    from sclzoo.evaluator.leaderboard import scan_results, write_leaderboard
 
-    paths = write_leaderboard(results_dir, out_dir)
+    scan = scan_results(results_dir)
+    if strict:
+        _fail_on_skipped(scan, results_dir)
+    paths = write_leaderboard(scan, out_dir)
     if not quiet:
         click.echo(paths["markdown"].read_text())
     click.echo("leaderboard → " + ", ".join(str(p) for p in paths.values()))
+    _report_skipped(scan, results_dir)
+
+
+def _report_skipped(scan: Any, results_dir: str) -> None:
+    """The summary of skipped result files (stderr): one header line, then one line per file."""
+    if scan.skipped:
+        click.echo(f"skipped {len(scan.skipped)} of {scan.n_files} result file(s) under {results_dir} (invalid; "
+                   "`sclzoo validate FILE` lists every problem, --strict makes this an error):", err=True)
+        for s in scan.skipped:
+            click.echo(f"  {s.file}: {s.reason}", err=True)
+
+
+def _fail_on_skipped(scan: Any, results_dir: str) -> None:
+    if scan.skipped:
+        for s in scan.skipped:
+            click.echo(f"invalid {s.file}: {s.reason}", err=True)
+        raise ResultError(f"{len(scan.skipped)} of {scan.n_files} result file(s) under {results_dir!r} are invalid "
+                          "(listed above); fix or delete them, or drop --strict to rank the others")
 
 
 # ------------------------------------------------------------------------------------------- leaderboard-update
@@ -385,19 +480,22 @@ Examples:
 @click.option("--provenance", type=click.Choice(["local", "ci"]), default="local", show_default=True,
               help="Provenance recorded in new results.")
 @click.option("--skip-unavailable", is_flag=True,
-              help="Exit 0 when a registry model cannot be resolved (no bundled copy, not on the Hub).")
+              help="Exit 0 when a registry model cannot be resolved (no bundled copy, not on the Hub) or fails to "
+                   "evaluate; it is reported and the others are done either way.")
+@click.option("--strict", is_flag=True,
+              help="Fail (exit 1, leaderboard not rebuilt) when a file in --results is not a valid result.")
 @click.option("--dry-run", is_flag=True, help="Print what would be evaluated; evaluate and write nothing.")
 @click.option("--progress", is_flag=True, help="Show progress bars while evaluating.")
 def leaderboard_update_cmd(registry: str | None, results_dir: str, out_dir: str, preset: str | None,
                            config_file: str | None, device: str | None, provenance: str, skip_unavailable: bool,
-                           dry_run: bool, progress: bool) -> None:
+                           strict: bool, dry_run: bool, progress: bool) -> None:
     """Evaluate registry models that have no result for this config yet, then rebuild the leaderboard."""
     from sclzoo.evaluator.api import build_config
     from sclzoo.evaluator.update import run_update
 
     cfg = build_config(None, preset if preset or config_file else "standard", config_file, device=device)
     run_update(cfg, registry=registry, results_dir=results_dir, out_dir=out_dir, skip_unavailable=skip_unavailable,
-               dry_run=dry_run, provenance_source=provenance, progress=progress,
+               strict=strict, dry_run=dry_run, provenance_source=provenance, progress=progress,
                command=" ".join(["sclzoo", *sys.argv[1:]]), log=click.echo)
 
 
@@ -408,12 +506,19 @@ Examples:
 """)
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 def validate_cmd(files: tuple[str, ...]) -> None:
-    """Check result files against the shipped JSON Schema and their per-sample files."""
+    """Check result files against the shipped JSON Schema and their per-sample files.
+
+    Rejects NaN/Infinity literals, aggregates (n, n_nan, mean, median, std, stderr) that disagree with the
+    per-sample scores, sample ids that are not the recorded ones, and a file name that is not its config hash.
+    """
     from sclzoo.evaluator.results import validate_result
 
     bad = 0
     for f in files:
-        problems = validate_result(f)
+        try:
+            problems = validate_result(f)
+        except ResultError as e:
+            problems = [str(e)]
         if problems:
             bad += 1
             click.echo(f"INVALID {f}")

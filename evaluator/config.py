@@ -24,6 +24,7 @@ SELECTIONS = {"first": "first_n", "stratified": "stratified"}
 # Execution-only settings: they change speed, never scores (per-sample seeding makes scores independent of
 # batching and device placement), so they are recorded but left out of the hash.
 EXECUTION_KEYS = ("batch_size", "batch_size_auto", "device", "runtime")
+MAX_SEED = 2**63 - 1  # seeds are non-negative 64-bit integers (numpy and torch generators)
 
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
@@ -86,7 +87,8 @@ class EvalConfig:
 
     Attributes:
         dataset: Dataset id; None = the model's own training dataset (from its config).
-        split: Dataset split whose images are explained.
+        split: Dataset split whose images are explained; None = ``test``, or the whole folder (``all``) for an
+            image folder without train/val/test sub-folders.
         n_samples: Number of images.
         selection: ``first`` (the first N images of the split) or ``stratified`` (a seeded subset with the same
             number of images per class).
@@ -104,7 +106,7 @@ class EvalConfig:
     """
 
     dataset: str | None = None
-    split: str = "test"
+    split: str | None = None
     n_samples: int = 64
     selection: str = "first"
     methods: tuple[str, ...] = PRESETS["standard"]["methods"]
@@ -131,6 +133,9 @@ class EvalConfig:
             raise ConfigError(f"batch_size must be a positive integer or 'auto', got {self.batch_size!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+        if not 0 <= self.seed <= MAX_SEED:  # numpy's and torch's generators take no negative seed
+            raise ConfigError(f"seed {self.seed} is out of range; pass --seed 0 or another integer from 0 to "
+                              f"{MAX_SEED} (2**63 - 1)")
         if not self.methods:
             raise ConfigError("no attribution method selected; pass --methods (see `sclzoo ls methods`)")
         if not self.metrics:
@@ -174,7 +179,7 @@ class EvalConfig:
                 raise ConfigError(f"{where}: {k} must be a table of tables {{name: {{param: value}}}}")
         for k, typ in (
             ("dataset", (str, type(None))),
-            ("split", str),
+            ("split", (str, type(None))),
             ("selection", str),
             ("target", str),
             ("device", str),
@@ -197,12 +202,14 @@ class EvalConfig:
 
         Args:
             resolved: ``{"dataset": id, "methods": {name: params}, "metrics": {name: {"version": v, **params}}}``,
-                optionally ``"indices_sha256"`` (hash of the evaluated sample ids, so the config hash pins the
-                images) and ``"device"``.
+                optionally ``"split"`` (the split evaluated), ``"indices_sha256"`` (hash of the evaluated sample ids,
+                so the config hash pins the images), ``"device"``, ``"preprocess"`` (how images were brought to
+                the model's input, when that is not the identity) and ``"class_map"`` (dataset class → model
+                logit).
         """
         canonical = {
             "dataset": resolved["dataset"],
-            "split": self.split,
+            "split": resolved.get("split", self.split or "test"),
             "n_samples": self.n_samples,
             "selection": SELECTIONS[self.selection],
             "target": self.target,
@@ -213,8 +220,9 @@ class EvalConfig:
             "device": resolved.get("device", self.device),
             "runtime": self.runtime,
         }
-        if "indices_sha256" in resolved:
-            canonical["indices_sha256"] = resolved["indices_sha256"]
+        for key in ("indices_sha256", "preprocess", "class_map"):
+            if resolved.get(key) is not None:
+                canonical[key] = resolved[key]
         return canonical
 
     @staticmethod

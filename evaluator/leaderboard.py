@@ -14,15 +14,22 @@ group (the one with the most models). ``write_leaderboard`` writes into one fold
 
 Results with a missing per-sample file or no stored maps are still ranked; they are left out of the figures and
 the comparison, and the page says so. Running it twice on the same folder gives byte-identical files.
+
+Result files are untrusted input (the CI job rebuilds the board from contributed results): :func:`scan_results`
+checks each one (:func:`~sclzoo.evaluator.results.check_result`: schema, NaN literals, aggregates against the
+per-sample scores, file name = config hash) and skips what fails, with the reason, instead of raising; every name
+written into ``--out`` is built from checked values, and every path is checked to lie inside it.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
+import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import util
 from pathlib import Path
 from typing import Any
@@ -33,10 +40,17 @@ import pandas as pd
 from sclzoo.errors import ResultError
 from sclzoo.evaluator.compare import SampleScores, compare_records, from_result, objective_name
 from sclzoo.evaluator.config import EXECUTION_KEYS
-from sclzoo.evaluator.results import read_maps, read_result, read_samples, samples_path
+from sclzoo.evaluator.results import (
+    check_result,
+    read_maps,
+    read_result,
+    read_samples,
+    result_path,
+    samples_path,
+)
 
-__all__ = ["LoadedResult", "load_results", "collect_rows", "build_leaderboard", "write_leaderboard",
-           "format_markdown", "CSV_COLUMNS"]
+__all__ = ["LoadedResult", "SkippedFile", "ResultScan", "scan_results", "load_results", "collect_rows",
+           "build_leaderboard", "write_leaderboard", "format_markdown", "CSV_COLUMNS"]
 
 FAMILY_ORDER = ["faithfulness", "complexity", "continuity", "randomisation"]
 GALLERY_SAMPLES = 6
@@ -64,41 +78,151 @@ class LoadedResult:
     problems: tuple[str, ...] = ()
 
 
-def load_results(results_dir: str | Path) -> list[LoadedResult]:
-    """Every result under ``results_dir`` (sorted by path) with its per-sample scores and example maps."""
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file under the results folder that is not ranked.
+
+    Attributes:
+        file: Path relative to the results folder (control characters escaped).
+        reason: Why, in one line.
+    """
+
+    file: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ResultScan:
+    """Every ``*.json`` under a results folder: the valid results and the files skipped (with the reason)."""
+
+    results: list[LoadedResult]
+    skipped: list[SkippedFile] = field(default_factory=list)
+
+    @property
+    def n_files(self) -> int:
+        return len(self.results) + len(self.skipped)
+
+
+def _printable(s: str) -> str:
+    """A name from the results folder, safe to print on one line (control characters escaped)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
+
+
+def _candidates(root: Path) -> list[Path]:
+    """Every ``*.json`` entry under ``root`` (symbolic links not followed); hidden entries (temporary files) and
+    the ``<config_hash>.partial/`` checkpoints of runs in progress are not results."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            if name.endswith(".json") and not name.startswith("."):
+                found.append(Path(folder) / name)
+        dirs[:] = [d for d in dirs if not d.startswith(".") and not d.endswith(".partial")]
+    return sorted(found, key=lambda f: f.relative_to(root).parts)
+
+
+def _load_one(root: Path, f: Path) -> LoadedResult:
+    """One result file, checked; raises ResultError naming the first problem."""
+    if f.is_symlink():
+        raise ResultError("is a symbolic link; a result must be a plain file")
+    if not f.is_file():
+        raise ResultError("is a folder, not a result file" if f.is_dir() else "is not a plain file")
+    try:
+        doc = read_result(f)
+    except ResultError as e:  # the skipped list names the file already
+        raise ResultError(str(e).replace(f"result file {str(f)!r} ", "")) from None
+    problems = check_result(doc)
+    if not problems and f.name != f"{doc['config_hash']}.json":
+        problems = [f"its name is not its config_hash {doc['config_hash'][:12]}….json (results are named "
+                    "<config_hash>.json)"]
+    if problems:
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        raise ResultError(problems[0] + more)
+    notes = []
+    samples = maps = None
+    # Messages name files relative to the results folder, so the outputs do not depend on where it lies.
+    try:
+        if samples_path(f).is_symlink():
+            raise ResultError("symbolic link")
+        samples = read_samples(f)
+    except ResultError:
+        state = "corrupt" if samples_path(f).is_file() else "missing"
+        notes.append(f"per-sample file {state}: ranked from its aggregates, left out of the distributions "
+                     "and the objective comparison (evaluate again with --force)")
+    if samples is not None:
+        problems = check_result(doc, samples)
+        if problems:
+            more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+            raise ResultError(f"disagrees with its per-sample file: {problems[0]}{more}")
+    try:
+        maps = read_maps(f)
+    except ResultError:
+        notes.append("example maps file corrupt: left out of the gallery (delete it or evaluate again "
+                     "with --force)")
+    return LoadedResult(str(f.relative_to(root).as_posix()), doc, samples, maps, tuple(notes))
+
+
+def _identity(lr: LoadedResult) -> tuple[tuple[str, ...], str]:
+    """What a result is a result of (model, commit, config hash, dataset), and where `sclzoo evaluate` puts it."""
+    m, h = lr.doc["model"], lr.doc["config_hash"]
+    return (m["id"], m["commit_sha"], h, lr.doc["dataset"]["id"]), result_path(".", m["id"], m["commit_sha"],
+                                                                                 h).as_posix()
+
+
+def scan_results(results_dir: str | Path) -> ResultScan:
+    """Reads and checks every result under ``results_dir`` (sorted by path), never raising for a bad file.
+
+    A file is skipped, with its reason, when it is not a plain file, not JSON, fails
+    :func:`~sclzoo.evaluator.results.check_result` (schema, NaN literals, registry), disagrees with its per-sample
+    file, is not named ``<config_hash>.json``, or repeats the (model, commit, config hash) of an earlier file.
+    A missing or unreadable per-sample or maps file is not a reason to skip: the result is ranked from its
+    aggregates and the board notes it.
+
+    Raises:
+        ResultError: ``results_dir`` is not a folder.
+    """
     root = Path(results_dir)
     if not root.is_dir():
         raise ResultError(f"results folder {str(root)!r} does not exist; run `sclzoo evaluate` first")
-    out = []
-    for f in sorted(root.rglob("*.json")):
-        if f.name.startswith("."):
-            continue
-        doc = read_result(f)
-        if doc.get("schema_version") != 1 or "scores" not in doc:
-            continue
-        problems = []
-        samples = maps = None
-        # Messages name files relative to the results folder, so the outputs do not depend on where it lies.
+    valid: list[LoadedResult] = []
+    skipped: list[SkippedFile] = []
+    for f in _candidates(root):
         try:
-            samples = read_samples(f)
-        except ResultError:
-            state = "corrupt" if samples_path(f).is_file() else "missing"
-            problems.append(f"per-sample file {state}: ranked from its aggregates, left out of the distributions "
-                            "and the objective comparison (evaluate again with --force)")
-        try:
-            maps = read_maps(f)
-        except ResultError:
-            problems.append("example maps file corrupt: left out of the gallery (delete it or evaluate again "
-                            "with --force)")
-        out.append(LoadedResult(str(f.relative_to(root).as_posix()), doc, samples, maps, tuple(problems)))
-    return out
+            valid.append(_load_one(root, f))
+        except ResultError as e:
+            reason = " ".join(str(e).split())
+            skipped.append(SkippedFile(_printable(f.relative_to(root).as_posix()),
+                                       reason[:300] + ("…" if len(reason) > 300 else "")))
+    # One result per (model, commit, config hash): the file where `sclzoo evaluate` writes it wins over copies.
+    kept: dict[tuple[str, ...], LoadedResult] = {}
+    for lr in valid:
+        key, home = _identity(lr)
+        if key not in kept or (lr.file == home and kept[key].file != home):
+            kept[key] = lr
+    loaded = []
+    for lr in valid:
+        winner = kept[_identity(lr)[0]]
+        if winner is lr:
+            loaded.append(lr)
+        else:
+            skipped.append(SkippedFile(_printable(lr.file), "repeats the model, commit and config hash of "
+                                       f"{_printable(winner.file)}"))
+    skipped.sort(key=lambda s: s.file.split("/"))
+    return ResultScan(loaded, skipped)
 
 
-def _loaded(results: str | Path | list[LoadedResult]) -> list[LoadedResult]:
+def load_results(results_dir: str | Path) -> list[LoadedResult]:
+    """Every valid result under ``results_dir`` (sorted by path) with its per-sample scores and example maps;
+    invalid files are left out (:func:`scan_results` says which and why)."""
+    return scan_results(results_dir).results
+
+
+def _loaded(results: str | Path | list[LoadedResult] | ResultScan) -> list[LoadedResult]:
+    if isinstance(results, ResultScan):
+        return results.results
     return results if isinstance(results, list) else load_results(results)
 
 
-def collect_rows(results: str | Path | list[LoadedResult]) -> pd.DataFrame:
+def collect_rows(results: str | Path | list[LoadedResult] | ResultScan) -> pd.DataFrame:
     """One row per (result file, method, metric) with the aggregate score and what makes rows comparable."""
     rows = []
     for lr in _loaded(results):
@@ -187,7 +311,7 @@ def _row_label(row: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     return f"{row['name']}@{row['commit_sha'][:7]}" if len(commits) > 1 else str(row["name"])
 
 
-def build_leaderboard(results_dir: str | Path | list[LoadedResult]) -> dict[str, Any]:
+def build_leaderboard(results_dir: str | Path | list[LoadedResult] | ResultScan) -> dict[str, Any]:
     """Ranks models per (config hash, method, metric, version) group.
 
     Returns:
@@ -373,7 +497,17 @@ def _records(loaded: list[LoadedResult]) -> list[SampleScores]:
 
 
 def _safe(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]", "_", s)
+    """A file-name part from a name in a result: [A-Za-z0-9._-] only, never ``.``/``..``, at most 48 characters
+    (a longer or changed-to-dots name gets a short hash of the original, so distinct names stay distinct)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", s)
+    if len(safe) > 48 or not safe.strip("."):
+        safe = f"{safe[:40].strip('.')}-{hashlib.sha256(s.encode()).hexdigest()[:7]}"
+    return safe
+
+
+def _plain(s: Any) -> str:
+    """A label from a result, drawn literally by matplotlib (``$`` would start mathtext, which can fail)."""
+    return str(s).replace("$", r"\$")
 
 
 def render_figures(board: dict[str, Any], loaded: list[LoadedResult]) -> dict[str, dict[str, bytes]]:
@@ -398,7 +532,7 @@ def render_figures(board: dict[str, Any], loaded: list[LoadedResult]) -> dict[st
             if lr.samples is None:
                 continue
             rec = from_result(lr.doc, lr.samples, f)
-            series.append({"label": r["label"], "objective": r["objective"], "values": rec.scores})
+            series.append({"label": _plain(r["label"]), "objective": r["objective"], "values": rec.scores})
         if series:
             figs["distributions"] = plots.distributions_figure(
                 series, [{"name": m, "higher_is_better": info[m]["higher_is_better"]} for m in grp["metrics"]],
@@ -406,7 +540,7 @@ def render_figures(board: dict[str, Any], loaded: list[LoadedResult]) -> dict[st
         ranks = np.array([[float(r["metrics"][m]["rank"]) if m in r["metrics"] else np.nan for m in grp["metrics"]]
                           for r in rows], dtype=np.float64)
         figs["ranks"] = plots.rank_heatmap(
-            [f"{r['label']} · {r['method']}" for r in rows],
+            [_plain(f"{r['label']} · {r['method']}") for r in rows],
             [f"{m} {'↑' if info[m]['higher_is_better'] else '↓'}" for m in grp["metrics"]], ranks)
         gallery_rows: list[tuple[str, np.ndarray]] = []
         images = sample_ids = None
@@ -420,15 +554,24 @@ def render_figures(board: dict[str, Any], loaded: list[LoadedResult]) -> dict[st
                 images = maps["images"][:GALLERY_SAMPLES]
             for method in grp["methods"]:
                 if method in maps["maps"]:
-                    gallery_rows.append((f"{r['label']} · {method}", maps["maps"][method][:GALLERY_SAMPLES]))
+                    gallery_rows.append((_plain(f"{r['label']} · {method}"), maps["maps"][method][:GALLERY_SAMPLES]))
         if gallery_rows and sample_ids:
             figs["gallery"] = plots.maps_gallery(images, gallery_rows, sample_ids)
         out[grp["id"]] = figs
     return out
 
 
-def write_leaderboard(results_dir: str | Path, out_dir: str | Path) -> dict[str, Path]:
-    """Writes the leaderboard folder (deterministic bytes).
+def _inside(out: Path, path: Path) -> Path:
+    """``path``, after checking that it lies inside ``out`` (defence in depth: names are already sanitised)."""
+    base = out.resolve()
+    real = path.resolve()
+    if real.parent != base and base not in real.parents:
+        raise ResultError(f"refusing to write {str(path)!r}: it lies outside the output folder {str(out)!r}")
+    return path
+
+
+def write_leaderboard(results_dir: str | Path | ResultScan, out_dir: str | Path) -> dict[str, Path]:
+    """Writes the leaderboard folder (deterministic bytes) from the valid results of a folder or a scan.
 
     Returns:
         Paths by kind: ``json``, ``markdown``, ``csv``, ``compare``, ``html`` (and ``parquet`` when pyarrow is
@@ -436,20 +579,24 @@ def write_leaderboard(results_dir: str | Path, out_dir: str | Path) -> dict[str,
     """
     from sclzoo.evaluator.leaderboard_html import format_html
 
-    loaded = load_results(results_dir)
+    loaded = _loaded(results_dir)
     board = build_leaderboard(loaded)
     comparison = compare_records(_records(loaded))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     img = out / "img"
     figure_paths: dict[str, dict[str, str]] = {}
-    written = set()
+    written: set[str] = set()
     for gid, figs in render_figures(board, loaded).items():
         grp = next(g for g in board["groups"] if g["id"] == gid)
         for kind, png in sorted(figs.items()):
+            # config_hash is 64 hex (checked); a crafted hash sharing the first 12 with another group's gets its
+            # full length, so no group's figure replaces another's.
             name = f"{grp['config_hash'][:12]}_{_safe(grp['dataset'])}_{kind}.png"
+            if name in written:
+                name = f"{grp['config_hash']}_{_safe(grp['dataset'])}_{kind}.png"
             img.mkdir(exist_ok=True)
-            (img / name).write_bytes(png)
+            _inside(out, img / name).write_bytes(png)
             written.add(name)
             figure_paths.setdefault(gid, {})[kind] = f"img/{name}"
     if img.is_dir():

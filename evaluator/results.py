@@ -2,19 +2,26 @@
 
 A result is ``results/<org>__<name>/<commit_sha>/<config_hash>.json`` with the per-sample scores beside it in
 ``<config_hash>.samples.jsonl.gz``. While a run is in progress its finished batches are checkpointed beside it in
-``<config_hash>.partial/`` (``meta.json`` + one ``batch-<start>.json.gz`` per batch), removed once the result is
-written. Files are written to a temporary name and renamed, so no reader ever sees half
-a result. Numbers are numbers, never strings; NaN never appears in the JSON (per-sample NaNs are ``null`` in the
-samples file and counted in ``n_nan``).
+``<config_hash>.partial/`` (``meta.json`` + one ``batch-<start>.json.gz`` per batch, each carrying a sha256 digest
+of its content, and the ``lock`` a live run holds), removed once the result is written. Files are written to a
+temporary name and renamed (with the user's umask), so no reader ever sees half a result. Numbers are numbers,
+never strings; NaN never appears in the JSON (per-sample NaNs are ``null`` in the samples file and counted in
+``n_nan``).
+
+Result files are untrusted input (the leaderboard is rebuilt from contributed results): :func:`check_result`
+checks one against the schema, for NaN/Infinity literals and against the per-sample scores it summarises.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import math
 import os
+import socket
 import tempfile
+import zlib
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,16 +30,27 @@ import numpy as np
 
 from sclzoo.errors import ConfigError, ResultError
 
+try:  # POSIX: a checkpoint's lock is an flock, which the kernel releases when its holder dies
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: runs are not locked
+    fcntl = None  # type: ignore[assignment]
+
 if TYPE_CHECKING:
     from sclzoo.evaluator.runner import BatchResult
 
 __all__ = ["aggregate", "bootstrap_ci", "result_path", "write_result", "read_result", "read_samples",
-           "validate_result", "SCHEMA_VERSION", "load_schema", "maps_path", "write_maps", "read_maps",
-           "check_writable", "checkpoint_dir", "write_checkpoint_batch", "read_checkpoint", "remove_checkpoint",
-           "write_file"]
+           "validate_result", "check_result", "SCHEMA_VERSION", "load_schema", "maps_path", "write_maps",
+           "read_maps", "check_writable", "checkpoint_dir", "write_checkpoint_batch", "read_checkpoint",
+           "remove_checkpoint", "write_file", "lock_checkpoint", "unlock_checkpoint", "checkpoint_exists",
+           "clear_checkpoint", "check_resume_force"]
 
 SCHEMA_VERSION = 1
 N_BOOTSTRAP = 2000
+# Size limits on files read back (results are untrusted input): far above any real file, far below a memory bomb.
+MAX_RESULT_BYTES = 16 * 2**20
+MAX_SAMPLES_BYTES = 256 * 2**20
+MAX_MAPS_BYTES = 256 * 2**20
+MAX_MAP_SIDE = 2048
 
 
 def bootstrap_ci(values: np.ndarray, seed: int, n_resamples: int = N_BOOTSTRAP, level: float = 0.95) -> list[float]:
@@ -79,10 +97,25 @@ def samples_path(result_file: str | Path) -> Path:
     return p.with_name(p.name[: -len(".json")] + ".samples.jsonl.gz")
 
 
+def _umask() -> int:
+    """The process umask (read from /proc on Linux, so no other thread ever sees a changed umask)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        # mkstemp creates the file 0600; the renamed file gets the mode any other new file would (0644 usually).
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -125,28 +158,57 @@ def write_result(path: str | Path, result: dict[str, Any], samples: list[dict[st
     return p
 
 
+def _why(e: BaseException) -> str:
+    """A one-line reason from an exception (OS errors by their strerror)."""
+    text = (e.strerror if isinstance(e, OSError) and e.strerror else str(e)) or type(e).__name__
+    return " ".join(text.split())[:200]
+
+
 def read_result(path: str | Path) -> dict[str, Any]:
+    """The JSON object of a result file.
+
+    Raises:
+        ResultError: the file is missing, not a plain file, larger than :data:`MAX_RESULT_BYTES`, not JSON, or
+            not a JSON object.
+    """
     p = Path(path)
     try:
-        data = json.loads(p.read_text())
+        if p.stat().st_size > MAX_RESULT_BYTES:
+            raise ResultError(f"result file {str(p)!r} is larger than {MAX_RESULT_BYTES >> 20} MiB, far larger "
+                              "than any result; delete it")
+        data = json.loads(p.read_bytes())
     except FileNotFoundError:
         raise ResultError(f"result file {str(p)!r} does not exist") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ResultError(f"result file {str(p)!r} is not valid JSON ({e}); delete it and evaluate again") from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, huge integers, deep nesting
+        raise ResultError(f"result file {str(p)!r} is not valid JSON ({_why(e)}); delete it and evaluate "
+                          "again") from None
+    except OSError as e:
+        raise ResultError(f"cannot read result file {str(p)!r} ({_why(e)}); it must be a readable file") from None
     if not isinstance(data, dict):
         raise ResultError(f"result file {str(p)!r} does not hold a JSON object")
     return data
 
 
 def read_samples(result_file: str | Path) -> list[dict[str, Any]]:
+    """The per-sample records beside a result (one JSON object per line).
+
+    Raises:
+        ResultError: the file is missing, unreadable, larger than :data:`MAX_SAMPLES_BYTES` once decompressed,
+            or a line is not JSON.
+    """
     sp = samples_path(result_file)
     try:
-        with gzip.open(sp, "rt") as f:
-            return [json.loads(line) for line in f if line.strip()]
+        with gzip.open(sp, "rb") as f:
+            blob = f.read(MAX_SAMPLES_BYTES + 1)
+        if len(blob) > MAX_SAMPLES_BYTES:
+            raise ResultError(f"per-sample file {str(sp)!r} decompresses to more than {MAX_SAMPLES_BYTES >> 20} "
+                              "MiB, far more than any result; delete it")
+        return [json.loads(line) for line in blob.decode().splitlines() if line.strip()]
     except FileNotFoundError:
         raise ResultError(f"per-sample file {str(sp)!r} is missing; evaluate again with --force") from None
-    except (OSError, EOFError, json.JSONDecodeError) as e:
-        raise ResultError(f"per-sample file {str(sp)!r} is corrupt ({e}); evaluate again with --force") from None
+    except (OSError, EOFError, zlib.error, ValueError, RecursionError) as e:
+        raise ResultError(f"per-sample file {str(sp)!r} is corrupt ({_why(e)}); evaluate again with "
+                          "--force") from None
 
 
 def load_schema() -> dict[str, Any]:
@@ -155,24 +217,115 @@ def load_schema() -> dict[str, Any]:
     return json.loads(text)  # type: ignore[no-any-return]
 
 
-def validate_result(path: str | Path, check_samples: bool = True) -> list[str]:
-    """Checks a result file against the schema and for internal consistency.
+def _nonfinite(doc: Any) -> list[str]:
+    """Where a parsed JSON document holds NaN or ±Infinity (JSON has no such numbers; Python's parser accepts the
+    literals). Iterative, so a deeply nested document cannot exhaust the stack."""
+    out: list[str] = []
+    stack: list[tuple[str, Any]] = [("", doc)]
+    while stack:
+        where, v = stack.pop()
+        if isinstance(v, float) and not math.isfinite(v):
+            out.append(f"{where or '<root>'}: {v} is not a JSON number (NaN/Infinity literal); a result stores a "
+                       "missing score as null and counts it in n_nan")
+        elif isinstance(v, dict):
+            stack += [(f"{where}/{k}" if where else str(k), x) for k, x in v.items()]
+        elif isinstance(v, list):
+            stack += [(f"{where}/{i}" if where else str(i), x) for i, x in enumerate(v)]
+    return sorted(out)
+
+
+def _close(a: float, b: float) -> bool:
+    return abs(a - b) <= 1e-9 * max(1.0, abs(a), abs(b))
+
+
+def _registry_problems(data: dict[str, Any]) -> list[str]:
+    """Scores whose recorded family or direction contradicts the metric registry (same metric, same version), and
+    scored methods / metrics (or versions) that the recorded config does not list."""
+    from sclzoo.evaluator.metrics import METRICS
+
+    out = []
+    cfg_methods, cfg_metrics = data["config"]["methods"], data["config"]["metrics"]
+    for method, per_metric in data["scores"].items():
+        if method not in cfg_methods:
+            out.append(f"scores/{method}: method {method!r} is not in config.methods")
+        for metric, agg in per_metric.items():
+            where = f"scores/{method}/{metric}"
+            if metric not in cfg_metrics or cfg_metrics[metric].get("version") != agg["version"]:
+                out.append(f"{where}: version {agg['version']} is not the one config.metrics records")
+            if metric not in METRICS:
+                continue  # a metric this sclzoo does not know (a newer version wrote it): nothing to compare
+            spec = METRICS.get(metric)
+            if spec.version == agg["version"] and (spec.family != agg["family"]
+                                                   or spec.higher_is_better != agg["higher_is_better"]):
+                out.append(f"{where}: family {agg['family']!r} / higher_is_better {agg['higher_is_better']} "
+                           f"contradict metric {metric!r} version {spec.version} ({spec.family}, "
+                           f"higher_is_better {spec.higher_is_better})")
+    return out
+
+
+def _sample_values(samples: list[Any]) -> tuple[list[str], np.ndarray | None]:
+    """Problems with the shape of per-sample records, and their sample ids (None when malformed)."""
+    for i, s in enumerate(samples):
+        where = f"samples line {i + 1}"
+        if not isinstance(s, dict) or not isinstance(s.get("scores"), dict):
+            return [f"{where}: not an object with a `scores` object"], None
+        sid = s.get("sample_id")
+        if isinstance(sid, bool) or not isinstance(sid, int) or not 0 <= sid < 2**63:
+            return [f"{where}: sample_id {sid!r} is not a non-negative integer"], None
+        for method, per in s["scores"].items():
+            if not isinstance(per, dict):
+                return [f"{where}: scores/{method} is not an object"], None
+            for metric, v in per.items():
+                if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                                      or not math.isfinite(v)):
+                    return [f"{where}: scores/{method}/{metric} = {v!r} is not a finite number or null"], None
+    return [], np.array([s["sample_id"] for s in samples], dtype="<i8")
+
+
+def check_result(data: dict[str, Any], samples: list[Any] | None = None) -> list[str]:
+    """Checks a result document (untrusted input) against the schema and, when given, its per-sample records.
+
+    Args:
+        data: The parsed result JSON.
+        samples: Its per-sample records (:func:`read_samples`), or None to check the document alone.
 
     Returns:
-        Problems found (empty when the file is valid): schema violations, then n / n_nan / mean mismatches
-        against the samples file.
+        Problems found, one line each (empty when valid): schema violations and NaN/Infinity literals; scores
+        whose family, direction or version contradict the metric registry or the recorded config; then, against
+        the samples: their count vs ``n_evaluated``, their ids vs ``indices_sha256``, and each score's n, n_nan,
+        mean, median, std and stderr recomputed from them.
     """
     import jsonschema
 
-    data = read_result(path)
-    problems = [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+    problems = [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {' '.join(e.message.split())[:200]}"
                 for e in sorted(jsonschema.Draft202012Validator(load_schema()).iter_errors(data), key=str)]
-    if problems or not check_samples:
+    problems += _nonfinite(data)
+    if problems:
         return problems
-    samples = read_samples(path)
+    problems += _registry_problems(data)
+    for method, per_metric in data["scores"].items():
+        for metric, agg in per_metric.items():
+            if (agg["n"] > 0) != (agg["mean"] is not None):
+                problems.append(f"scores/{method}/{metric}: mean {agg['mean']} with n = {agg['n']} (a mean is null "
+                                "exactly when no sample has a score)")
+    if problems or samples is None:
+        return problems
+    shape, ids = _sample_values(samples)
+    if ids is None:
+        return shape
     n_eval = data["dataset"]["n_evaluated"]
     if len(samples) != n_eval:
         problems.append(f"samples file has {len(samples)} lines but dataset.n_evaluated = {n_eval}")
+    if hashlib.sha256(ids.tobytes()).hexdigest() != data["dataset"]["indices_sha256"]:
+        problems.append("the samples' sample ids do not hash to dataset.indices_sha256 (other images)")
+    with np.errstate(all="ignore"):  # huge forged scores overflow; the comparison below reports them
+        problems += _against_samples(data, samples)
+    return problems
+
+
+def _against_samples(data: dict[str, Any], samples: list[dict[str, Any]]) -> list[str]:
+    """Each score's n, n_nan, mean, median, std and stderr recomputed from well-formed per-sample records."""
+    problems = []
     for method, per_metric in data["scores"].items():
         for metric, agg in per_metric.items():
             vals = np.array([np.nan if s["scores"].get(method, {}).get(metric) is None
@@ -183,9 +336,40 @@ def validate_result(path: str | Path, check_samples: bool = True) -> list[str]:
             if agg["n"] != n or agg["n_nan"] != n_nan:
                 problems.append(f"{where}: n={agg['n']}, n_nan={agg['n_nan']} but the samples give n={n}, "
                                 f"n_nan={n_nan}")
-            elif n and abs(float(np.nanmean(vals)) - agg["mean"]) > 1e-9 * max(1.0, abs(agg["mean"])):
-                problems.append(f"{where}: mean {agg['mean']} ≠ {float(np.nanmean(vals))} recomputed from samples")
+                continue
+            if n == 0:
+                continue
+            finite = vals[~np.isnan(vals)]
+            std = float(finite.std(ddof=1)) if n > 1 else 0.0
+            want = {"mean": float(finite.mean()), "median": float(np.median(finite)), "std": std,
+                    "stderr": std / math.sqrt(n)}
+            for key, value in want.items():
+                if agg[key] is None or not _close(float(agg[key]), value):
+                    problems.append(f"{where}: {key} {agg[key]} ≠ {value} recomputed from the samples")
+                    break
     return problems
+
+
+def validate_result(path: str | Path, check_samples: bool = True) -> list[str]:
+    """Checks a result file against the schema and for internal consistency (:func:`check_result`).
+
+    Returns:
+        Problems found (empty when the file is valid), including a file name that is not ``<config_hash>.json``.
+
+    Raises:
+        ResultError: the file (or, with ``check_samples``, its per-sample file) cannot be read.
+    """
+    p = Path(path)
+    data = read_result(p)
+    problems = check_result(data)
+    if problems:
+        return problems
+    if p.name != f"{data['config_hash']}.json":
+        problems.append(f"file name {p.name!r} is not its config_hash + .json; results are named "
+                        "<config_hash>.json")
+    if not check_samples:
+        return problems
+    return problems + check_result(data, read_samples(p))
 
 
 def maps_path(result_file: str | Path) -> Path:
@@ -239,24 +423,53 @@ def read_maps(result_file: str | Path) -> dict[str, Any] | None:
     Returns:
         ``{"sample_ids": (K,), "images": (K, C, H, W) or None, "maps": {method: (K, H, W)}}``.
     """
+    import zipfile
+
     path = maps_path(result_file)
     if not path.is_file():
         return None
     try:
+        with zipfile.ZipFile(path) as zf:  # refuse a zip bomb before numpy inflates it
+            if sum(info.file_size for info in zf.infolist()) > MAX_MAPS_BYTES:
+                raise ValueError(f"it inflates to more than {MAX_MAPS_BYTES >> 20} MiB")
         with np.load(path, allow_pickle=False) as z:
             data = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError) as e:
-        raise ResultError(f"example maps {str(path)!r} are corrupt ({e}); delete the file or evaluate again "
+        out = {"sample_ids": data.get("sample_ids"), "images": data.get("images"),
+               "maps": {k[len("map/"):]: v for k, v in sorted(data.items()) if k.startswith("map/")}}
+        _check_maps(out)
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, NotImplementedError) as e:
+        raise ResultError(f"example maps {str(path)!r} are corrupt ({_why(e)}); delete the file or evaluate again "
                           "with --force") from None
-    return {"sample_ids": data.get("sample_ids"), "images": data.get("images"),
-            "maps": {k[len("map/"):]: v for k, v in sorted(data.items()) if k.startswith("map/")}}
+    return out
+
+
+def _check_maps(maps: dict[str, Any]) -> None:
+    """Raises ValueError unless the maps have the shapes :func:`write_maps` writes (finite, of a sane size)."""
+    ids, images = maps["sample_ids"], maps["images"]
+    if ids is None or ids.ndim != 1 or ids.dtype.kind not in "iu" or len(ids) == 0:
+        raise ValueError("sample_ids is not a non-empty integer vector")
+    k = len(ids)
+    arrays = list(maps["maps"].values()) + ([] if images is None else [images])
+    if images is not None and (images.ndim != 4 or images.shape[0] != k or images.shape[1] not in (1, 3)):
+        raise ValueError(f"images of shape {images.shape} are not (K, 1 or 3, H, W) with K = {k}")
+    for m in maps["maps"].values():
+        if m.ndim != 3 or m.shape[0] != k:
+            raise ValueError(f"a map of shape {m.shape} is not (K, H, W) with K = {k}")
+    for a in arrays:
+        if a.dtype.kind != "f" or max(a.shape[-2:]) > MAX_MAP_SIDE or min(a.shape[-2:]) < 1:
+            raise ValueError(f"an array of dtype {a.dtype} and shape {a.shape} is not a float image of at most "
+                             f"{MAX_MAP_SIDE} pixels a side")
+        if not np.isfinite(a).all():
+            raise ValueError("a map or image holds NaN or infinity")
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Checkpoints of a run in progress
 # --------------------------------------------------------------------------------------------------------------
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: every batch file carries the sha256 digest of its content
+LOCK_FILE = "lock"
+_HELD: dict[str, int] = {}  # checkpoint folder → open file descriptor of the lock this process holds on it
 
 
 def check_writable(result_file: str | Path) -> None:
@@ -298,6 +511,130 @@ def _batch_file(folder: Path, start: int) -> Path:
     return folder / f"batch-{start:08d}.json.gz"
 
 
+def _batch_digest(doc: dict[str, Any], config_hash: str) -> str:
+    """sha256 of a batch's content (bound to its run's config hash): an edited batch no longer matches it."""
+    body = {k: v for k, v in doc.items() if k != "sha256"}
+    blob = json.dumps({"config_hash": config_hash, "batch": body}, sort_keys=True, separators=(",", ":"),
+                      allow_nan=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def check_resume_force(resume: bool, force: bool) -> None:
+    """Raises ConfigError when both are asked: --force would silently discard what --resume means to continue."""
+    if resume and force:
+        raise ConfigError("--resume and --force contradict each other (--resume continues the checkpoint of an "
+                          "interrupted run, --force discards it); pass only one of them")
+
+
+def checkpoint_exists(folder: str | Path) -> bool:
+    """Whether a checkpoint folder holds something to resume: its ``meta.json``. A folder without one (a disk
+    that filled up before it was written, or only a lock) is treated as absent."""
+    return (Path(folder) / "meta.json").is_file()
+
+
+def _holder(fd: int) -> str:
+    """``pid N`` (``pid N on HOST`` for another host) from a lock file's content."""
+    try:
+        words = os.pread(fd, 200, 0).decode(errors="replace").split()
+    except OSError:
+        words = []
+    if not words:
+        return "pid unknown"
+    host = f" on {words[1]}" if len(words) > 1 and words[1] != socket.gethostname() else ""
+    return f"pid {words[0]}{host}"
+
+
+def lock_checkpoint(folder: str | Path) -> None:
+    """Takes this run's lock on a checkpoint folder (creating the folder), for as long as the run lives.
+
+    The lock is an ``flock`` on ``<folder>/lock`` (which records the holder's pid and host): the kernel releases it
+    when the holder exits or is killed, so there are no stale locks and a reused pid is never mistaken for a run.
+    It is released by :func:`remove_checkpoint` or :func:`unlock_checkpoint`. Taking it again in the process that
+    holds it is a no-op.
+
+    Raises:
+        ResultError: another live run holds it ("already running (pid N)"), or the folder cannot be written.
+    """
+    d = Path(folder)
+    if fcntl is None:  # pragma: no cover
+        return
+    key = str(d.absolute())
+    lock = d / LOCK_FILE
+    held = _HELD.get(key)
+    if held is not None:
+        try:
+            if os.fstat(held).st_ino == lock.stat().st_ino:
+                return  # ours (an earlier call of this process that was interrupted)
+        except OSError:
+            pass
+        _release(key)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise ResultError(f"cannot create the checkpoint lock {str(lock)!r} ({_why(e)}); pass a writable --out "
+                          "folder") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        who = _holder(fd)
+        os.close(fd)
+        raise ResultError(f"another run of this model and config is already running ({who}) and holds "
+                          f"{str(d)!r}; wait for it to finish, or stop it and run again with --resume") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+    _HELD[key] = fd
+
+
+def _release(key: str) -> None:
+    fd = _HELD.pop(key, None)
+    if fd is not None:
+        try:
+            os.close(fd)  # closing the last descriptor releases the flock
+        except OSError:
+            pass
+
+
+def _remove(entry: Path) -> None:
+    import shutil
+
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        entry.unlink(missing_ok=True)
+
+
+def clear_checkpoint(folder: str | Path, *, keep: bool) -> None:
+    """Under this run's lock: removes what an earlier, killed run left that cannot serve this one.
+
+    Hidden temporary files (``.<name>.XXXXXXXX``, left when a process is killed between writing and renaming)
+    beside the result and in the folder always go; so does the whole checkpoint unless ``keep`` and it has a
+    ``meta.json`` (a folder without one is treated as absent). The lock stays.
+    """
+    d = Path(folder)
+    keep = keep and checkpoint_exists(d)
+    if d.is_dir():
+        for entry in d.iterdir():
+            if entry.name != LOCK_FILE and (not keep or entry.name.startswith(".")):
+                _remove(entry)
+    stem = d.name[: -len(".partial")] if d.name.endswith(".partial") else d.name
+    if d.parent.is_dir():
+        for entry in d.parent.iterdir():
+            if entry.name.startswith(f".{stem}.") and entry.is_file():
+                entry.unlink(missing_ok=True)
+
+
+def unlock_checkpoint(folder: str | Path) -> None:
+    """Releases this process's lock on a checkpoint folder; removes the folder when the lock was all it held."""
+    d = Path(folder)
+    _release(str(d.absolute()))
+    try:
+        if d.is_dir() and [e.name for e in d.iterdir()] == [LOCK_FILE]:
+            _remove(d)
+    except OSError:
+        pass
+
+
 def write_checkpoint_batch(folder: str | Path, meta: dict[str, Any], batch: BatchResult,
                            sample_ids: np.ndarray) -> Path:
     """Saves one finished batch (atomically), creating the checkpoint folder and its ``meta.json`` on first use.
@@ -309,11 +646,14 @@ def write_checkpoint_batch(folder: str | Path, meta: dict[str, Any], batch: Batc
         sample_ids: (B,) dataset indices of the batch's images.
 
     Scores are stored as JSON numbers (``NaN``/``Infinity`` literals included), which read back bit-identical.
+    The file carries the sha256 of its content and ``meta["config_hash"]``, which :func:`read_checkpoint` checks.
     """
     d = Path(folder)
-    doc = {"start": int(batch.start), "sample_ids": [int(i) for i in sample_ids],
-           "scores": {m: {k: [float(x) for x in v] for k, v in per.items()} for m, per in batch.scores.items()},
-           "maps": {m: np.asarray(v, dtype=np.float32).tolist() for m, v in batch.maps.items()}}
+    doc: dict[str, Any] = {
+        "start": int(batch.start), "sample_ids": [int(i) for i in sample_ids],
+        "scores": {m: {k: [float(x) for x in v] for k, v in per.items()} for m, per in batch.scores.items()},
+        "maps": {m: np.asarray(v, dtype=np.float32).tolist() for m, v in batch.maps.items()}}
+    doc["sha256"] = _batch_digest(doc, str(meta.get("config_hash", "")))
     path = _batch_file(d, batch.start)
     try:
         if not (d / "meta.json").is_file():
@@ -335,7 +675,7 @@ def read_checkpoint(folder: str | Path, meta: dict[str, Any], sample_ids: np.nda
     """The finished batches of an interrupted run, checked against the run that resumes them.
 
     Args:
-        folder: The checkpoint folder; a missing folder means nothing is done yet.
+        folder: The checkpoint folder; a missing folder, or one without ``meta.json``, means nothing is done yet.
         meta: This run's checkpoint metadata (must equal the stored ``meta.json``).
         sample_ids: (N,) dataset indices of all evaluated images (each batch's ids must match its slice).
 
@@ -343,22 +683,19 @@ def read_checkpoint(folder: str | Path, meta: dict[str, Any], sample_ids: np.nda
         ``{start: BatchResult}``.
 
     Raises:
-        ResultError: an unreadable, inconsistent or foreign file (the message names it and the fix).
+        ResultError: an unreadable, inconsistent, edited (digest mismatch) or foreign file (the message names it
+            and the fix).
         ConfigError: the checkpoint was written with another batch size.
     """
-    import zlib
-
     from sclzoo.evaluator.runner import BatchResult
 
     d = Path(folder)
-    if not d.is_dir():
+    if not checkpoint_exists(d):
         return {}
     meta_file = d / "meta.json"
     try:
         found = json.loads(meta_file.read_text())
-    except FileNotFoundError:
-        raise _corrupt(meta_file, d, "missing") from None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise _corrupt(meta_file, d, e) from None
     if not isinstance(found, dict):
         raise _corrupt(meta_file, d, "not a JSON object")
@@ -390,14 +727,19 @@ def read_checkpoint(folder: str | Path, meta: dict[str, Any], sample_ids: np.nda
             maps = {m: np.asarray(v, dtype=np.float32) for m, v in doc["maps"].items()}
             if any(m not in methods or v.ndim != 3 for m, v in maps.items()):
                 raise ValueError("its example maps are malformed")
-        except (OSError, EOFError, zlib.error, ValueError, KeyError, TypeError) as e:
+            if doc.get("sha256") != _batch_digest(doc, str(want["config_hash"])):
+                raise ValueError("its content does not match its sha256 digest: it was edited after this run wrote "
+                                 "it")
+        except (OSError, EOFError, zlib.error, ValueError, KeyError, TypeError, AttributeError,
+                RecursionError) as e:
             raise _corrupt(f, d, str(e) or type(e).__name__) from None
         batches[start] = BatchResult(start, scores, maps)
     return batches
 
 
 def remove_checkpoint(folder: str | Path) -> None:
-    """Deletes a checkpoint folder (after its result is written, or to start over)."""
+    """Deletes a checkpoint folder (after its result is written, or to start over) and releases its lock."""
     import shutil
 
     shutil.rmtree(folder, ignore_errors=True)
+    _release(str(Path(folder).absolute()))

@@ -176,7 +176,8 @@ def resolve_specs(cfg: EvalConfig) -> tuple[dict[str, dict[str, Any]], dict[str,
         if unknown:
             raise ConfigError(f"unknown parameter(s) {unknown} for method {m!r}; its parameters are "
                               f"{sorted(spec.defaults)}")
-        methods[m] = {k: v for k, v in {**spec.defaults, **over}.items() if k != "baseline_pool"}
+        methods[m] = {k: v for k, v in {**spec.defaults, **over}.items()
+                      if k != "baseline_pool" and not (k in spec.optional and v is None)}
     metrics: dict[str, dict[str, Any]] = {}
     for name in cfg.metrics:
         spec_m = METRICS.get(name)
@@ -321,6 +322,7 @@ def run_evaluation(
     split_images: Tensor | None = None,
     split_labels: Tensor | None = None,
     baseline_pool: Tensor | None = None,
+    labels_match: bool = True,
     forward_logits: Callable[[Tensor], Tensor] | None = None,
     forward_threads: int | None = None,
     progress: bool = True,
@@ -341,6 +343,8 @@ def run_evaluation(
         split_images: All images of the split, for the accuracy figure (defaults to ``images``).
         split_labels: Their labels.
         baseline_pool: (M, C, H, W) training images for ``expected_gradients``.
+        labels_match: Whether ``labels`` index the model's logits; when not (a dataset with other classes and
+            no class map), accuracy is recorded as not applicable (``value`` None), never as 0.
         forward_logits: Optional faster forward-only path (e.g. onnxruntime) for the accuracy figure and the
             perturbation metrics' model calls (explanations always use ``model``).
         forward_threads: PyTorch threads while a forward-only metric runs on ``forward_logits`` (1 for
@@ -369,7 +373,11 @@ def run_evaluation(
         bad = int((~torch.isfinite(split_logits)).any(1).sum())
         raise ModelLoadError(f"the model returns NaN/inf logits for {bad} of {len(split_logits)} images; "
                              "its weights are broken — retrain or re-export it")
-    accuracy = {"value": float((split_logits.argmax(1) == split_labels).float().mean()), "n": len(split_labels)}
+    accuracy: dict[str, Any] = {"value": float((split_logits.argmax(1) == split_labels).float().mean()),
+                                "n": len(split_labels)}
+    if not labels_match:
+        accuracy = {"value": None, "n": len(split_labels),
+                    "note": "not applicable: the dataset's classes are not the model's (pass a class map)"}
     logits = _logits(model, images, cfg.batch_size, device)
     preds = logits.argmax(1)
     targets = preds if cfg.target == "predicted" else labels.clone()

@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sclzoo.errors import ConfigError, HubError, ModelNotFoundError, ResultError
+from sclzoo.errors import ConfigError, HubError, ModelLoadError, ModelNotFoundError, ResultError, SclzooError
 from sclzoo.evaluator.config import EvalConfig
 from sclzoo.evaluator.results import result_path
 from sclzoo.tomlfile import read_toml
@@ -87,7 +87,7 @@ def predict_config_hash(cfg: EvalConfig, model_dir: Path) -> str:
     import numpy as np
 
     from sclzoo.evaluator.runner import resolve_specs, select_samples
-    from sclzoo.zoo.data import load_dataset
+    from sclzoo.zoo.data import default_split, load_dataset
 
     methods, metrics = resolve_specs(cfg)
     dataset = cfg.dataset
@@ -100,14 +100,15 @@ def predict_config_hash(cfg: EvalConfig, model_dir: Path) -> str:
         dataset = model_cfg.get("sclzoo", {}).get("train_dataset", {}).get("id")
         if not dataset:
             raise ConfigError(f"model {str(model_dir)!r} does not name its dataset; set `dataset` in --config")
-    data = load_dataset(dataset, cfg.split)
+    split = cfg.split or default_split(dataset)
+    data = load_dataset(dataset, split)
     if cfg.n_samples > len(data):
-        raise ConfigError(f"n_samples {cfg.n_samples} is larger than the {cfg.split} split of {dataset!r} "
+        raise ConfigError(f"n_samples {cfg.n_samples} is larger than the {split} split of {dataset!r} "
                           f"({len(data)} images); lower n_samples in the evaluation config")
     ids = data.indices[select_samples(data.labels, cfg.n_samples, cfg.selection, cfg.seed)]
     indices_sha = hashlib.sha256(np.asarray(ids.numpy(), dtype="<i8").tobytes()).hexdigest()
     return EvalConfig.hash_of(cfg.canonical({"dataset": dataset, "methods": methods, "metrics": metrics,
-                                             "indices_sha256": indices_sha}))
+                                             "split": split, "indices_sha256": indices_sha}))
 
 
 @dataclass(frozen=True)
@@ -122,8 +123,9 @@ class Planned:
         commit_sha: Resolved commit (content hash for a bundled copy).
         config_hash: Predicted config hash.
         result: Where its result is (or will be).
-        status: ``up-to-date`` (a result exists), ``todo`` or ``unavailable``.
-        reason: Why it is unavailable.
+        status: ``up-to-date`` (a result exists), ``todo``, ``unavailable`` (cannot be resolved) or ``failed``
+            (resolved, but its config could not be read or its evaluation raised).
+        reason: Why it is unavailable or failed (one line).
     """
 
     entry: RegistryEntry
@@ -140,7 +142,9 @@ class Planned:
 def plan_update(entries: list[RegistryEntry], results_dir: str | Path, cfg: EvalConfig) -> list[Planned]:
     """Resolves every entry and decides whether it needs an evaluation (no weights loaded, no model run).
 
-    Models that cannot be resolved (no bundled copy, Hub unreachable or repo missing) are ``unavailable``.
+    Models that cannot be resolved (no bundled copy, Hub unreachable or repo missing) are ``unavailable``; a
+    model whose repo is broken (any other error while resolving it or predicting its config hash) is ``failed``.
+    Neither stops the plan: one broken entry never keeps the others from being evaluated.
     """
     from sclzoo.zoo.hub import resolve_model
 
@@ -152,24 +156,37 @@ def plan_update(entries: list[RegistryEntry], results_dir: str | Path, cfg: Eval
             ref, rev = f"hf-hub:{e.id}", e.revision
         try:
             resolved = resolve_model(ref, rev)
+            h = predict_config_hash(cfg, resolved.path)
         except (ModelNotFoundError, HubError) as err:
-            out.append(Planned(e, ref, rev, status="unavailable", reason=str(err)))
+            out.append(Planned(e, ref, rev, status="unavailable", reason=_one_line(err)))
             continue
-        h = predict_config_hash(cfg, resolved.path)
+        except Exception as err:  # a broken repo must not stop the update of the others
+            out.append(Planned(e, ref, rev, status="failed", reason=_one_line(err)))
+            continue
         path = result_path(results_dir, resolved.repo_id, resolved.commit_sha, h)
         out.append(Planned(e, ref, rev, resolved.repo_id, resolved.commit_sha, h, path,
                            "up-to-date" if path.is_file() else "todo"))
     return out
 
 
+def _one_line(e: BaseException) -> str:
+    """An error as one line: sclzoo errors by their message, anything else with its type."""
+    text = " ".join(str(e).split())
+    text = text if isinstance(e, SclzooError) else f"{type(e).__name__}: {text}"
+    return text if len(text) <= 300 else text[:300] + "…"
+
+
 @dataclass
 class UpdateReport:
-    """What an update did: the plan, the entries evaluated, and the leaderboard files written."""
+    """What an update did: the plan, the entries evaluated (and those that failed), the leaderboard files written
+    and the result files it skipped as invalid."""
 
     planned: list[Planned]
     evaluated: list[Planned]
     leaderboard: dict[str, Path]
     warnings: list[str]
+    failed: list[Planned] = field(default_factory=list)
+    skipped: list[Any] = field(default_factory=list)  # leaderboard.SkippedFile
 
 
 def run_update(
@@ -179,6 +196,7 @@ def run_update(
     results_dir: str | Path = "leaderboard/results",
     out_dir: str | Path = "leaderboard",
     skip_unavailable: bool = False,
+    strict: bool = False,
     dry_run: bool = False,
     provenance_source: str = "local",
     progress: bool = False,
@@ -193,8 +211,10 @@ def run_update(
         registry: Registry TOML file (default ``zoo/registry.toml``).
         results_dir: Results root; new results are written here.
         out_dir: Leaderboard folder, rebuilt from the whole ``results_dir``.
-        skip_unavailable: Go on (exit 0) when a model cannot be resolved; by default that is an error, raised
-            after the available models were evaluated and the leaderboard rebuilt.
+        skip_unavailable: Go on (exit 0) when a model cannot be resolved or fails; by default that is an error,
+            raised after the other models were evaluated and the leaderboard rebuilt.
+        strict: Fail, without rebuilding the leaderboard, when a file in ``results_dir`` is not a valid result
+            (by default it is skipped and listed).
         dry_run: Print the plan only.
         provenance_source: ``local`` or ``ci``, recorded in new results.
         progress: Progress bars during evaluation.
@@ -203,9 +223,11 @@ def run_update(
         log: Where progress lines go.
 
     Raises:
-        ModelNotFoundError: some entries are unavailable and ``skip_unavailable`` is False.
+        ModelNotFoundError: some entries are unavailable (and none failed) and ``skip_unavailable`` is False.
+        ModelLoadError: some entries failed and ``skip_unavailable`` is False.
+        ResultError: ``strict`` and a file in ``results_dir`` is invalid.
     """
-    from sclzoo.evaluator.leaderboard import write_leaderboard
+    from sclzoo.evaluator.leaderboard import scan_results, write_leaderboard
 
     if evaluate_fn is None:
         from sclzoo.evaluator.api import evaluate
@@ -214,18 +236,24 @@ def run_update(
     entries = load_registry(registry)
     planned = plan_update(entries, results_dir, cfg)
     for p in planned:
-        where = f"{p.repo_id}@{p.commit_sha[:7]} config {p.config_hash[:12]}" if p.status != "unavailable" else p.ref
+        where = f"{p.repo_id}@{p.commit_sha[:7]} config {p.config_hash[:12]}" if p.config_hash else p.ref
         log(f"{p.status:<11} {p.entry.id}: {where}" + (f" ({p.reason})" if p.reason else ""))
     evaluated: list[Planned] = []
     warnings: list[str] = []
     if dry_run:
         return UpdateReport(planned, evaluated, {}, warnings)
+    failed = [p for p in planned if p.status == "failed"]
     for p in planned:
         if p.status != "todo":
             continue
         log(f"evaluating {p.entry.id} ({p.ref}) …")
-        res = evaluate_fn(p.ref, revision=p.revision, out=results_dir, config=cfg, progress=progress,
-                          command=command, provenance_source=provenance_source, resume=True)
+        try:
+            res = evaluate_fn(p.ref, revision=p.revision, out=results_dir, config=cfg, progress=progress,
+                              command=command, provenance_source=provenance_source, resume=True)
+        except Exception as err:  # one broken model must not stop the others; reported at the end
+            failed.append(replace(p, status="failed", reason=_one_line(err)))
+            log(f"failed      {p.entry.id}: {failed[-1].reason}")
+            continue
         got = res.data["config_hash"]
         if got != p.config_hash or res.data["model"]["commit_sha"] != p.commit_sha:
             warnings.append(f"{p.entry.id}: predicted (commit, config hash) ({p.commit_sha[:7]}, "
@@ -234,15 +262,32 @@ def run_update(
         evaluated.append(p)
     for w in warnings:
         log(f"warning: {w}")
-    paths = write_leaderboard(results_dir, out_dir)
+    scan = scan_results(results_dir)
+    if scan.skipped:
+        log(f"skipped {len(scan.skipped)} of {scan.n_files} result file(s) under {results_dir} (invalid; "
+            "`sclzoo validate FILE` lists every problem):")
+        for s in scan.skipped:
+            log(f"  {s.file}: {s.reason}")
+        if strict:
+            raise ResultError(f"{len(scan.skipped)} of {scan.n_files} result file(s) under {str(results_dir)!r} are "
+                              "invalid (listed above); the leaderboard was not rebuilt; fix or delete them, or drop "
+                              "--strict to rank the others")
+    paths = write_leaderboard(scan, out_dir)
     log(f"evaluated {len(evaluated)} of {len(planned)} registry model(s); leaderboard → {Path(out_dir)}")
     missing = [p for p in planned if p.status == "unavailable"]
-    if missing and not skip_unavailable:
-        raise ModelNotFoundError(
-            f"{len(missing)} registry model(s) could not be resolved: {', '.join(p.entry.id for p in missing)} "
-            "(the others were evaluated and the leaderboard rebuilt); add their bundled folder, publish them, or "
-            "pass --skip-unavailable")
-    return UpdateReport(planned, evaluated, paths, warnings)
+    if (missing or failed) and not skip_unavailable:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} registry model(s) could not be resolved: "
+                         f"{', '.join(p.entry.id for p in missing)}")
+        if failed:
+            parts.append(f"{len(failed)} registry model(s) failed: "
+                         + "; ".join(f"{p.entry.id} ({p.reason})" for p in failed))
+        fix = ("add their bundled folder, publish them, or pass --skip-unavailable" if not failed else
+               "fix them or remove them from the registry, or pass --skip-unavailable")
+        error = ModelLoadError if failed else ModelNotFoundError
+        raise error(f"{'; '.join(parts)} (the others were evaluated and the leaderboard rebuilt); {fix}")
+    return UpdateReport(planned, evaluated, paths, warnings, failed, scan.skipped)
 
 
 def main(argv: list[str] | None = None) -> None:

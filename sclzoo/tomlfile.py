@@ -31,6 +31,8 @@ def read_toml(path: str | Path, what: str, missing_hint: str = "") -> dict[str, 
     if not p.is_file():
         raise ConfigError(f"{what} {str(p)!r} does not exist{missing_hint}")
     try:
-        return tomllib.loads(p.read_text())
+        return tomllib.loads(p.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what} {str(p)!r} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{what} {str(p)!r} is not valid TOML: {e}") from None

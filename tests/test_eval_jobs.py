@@ -114,7 +114,7 @@ def test_interrupted_run_resumes_to_the_identical_result(reference: Path, bundle
         evaluate(str(bundled["ce"]), out=tmp_path, progress=False, **CHEAP)
     assert written == [0]
     partial = next(tmp_path.rglob("*.partial"))
-    assert sorted(p.name for p in partial.iterdir()) == ["batch-00000000.json.gz", "meta.json"]
+    assert sorted(p.name for p in partial.iterdir()) == ["batch-00000000.json.gz", "lock", "meta.json"]
     assert [p for p in files_under(tmp_path) if p.parent != partial] == [], "no result before the run ends"
 
     monkeypatch.undo()
@@ -337,14 +337,15 @@ def test_unknown_method_suggests_close_name(bundled: dict[str, Path], tmp_path: 
     assert not any(tmp_path.iterdir())
 
 
-def test_dataset_of_another_input_size_names_the_fix(bundled: dict[str, Path], tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_dataset_of_another_input_size_is_resized_and_recorded(bundled: dict[str, Path], tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run_main(["evaluate", "--model", str(bundled["ce"]), "--dataset", "digits", "--n-samples", "2",
-                             "--methods", "saliency", "--metrics", "sparseness", "--out", str(tmp_path)], capsys)
-    line = one_line(err)
-    assert code == 1 and "takes inputs (1, 28, 28)" in line and "'digits' has (1, 8, 8)" in line
-    assert "drop --dataset to use its own 'mnist5k'" in line
-    assert not any(tmp_path.iterdir())
+                             "--methods", "saliency", "--metrics", "sparseness", "--out", str(tmp_path),
+                             "--quiet"], capsys)
+    assert code == 0, err
+    (doc,) = [json.loads(p.read_text()) for p in tmp_path.rglob("*.json")]
+    assert doc["config"]["preprocess"]["source_size"] == [1, 8, 8]
+    assert doc["config"]["preprocess"]["input_size"] == [1, 28, 28]
 
 
 @pytest.mark.parametrize(("toml", "match"), [

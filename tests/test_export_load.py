@@ -261,7 +261,7 @@ def test_num_classes_mismatch(repo_copy: Path) -> None:
 
 def test_bad_config(repo_copy: Path) -> None:
     (repo_copy / "config.json").write_text("{not json")
-    _expect_load_error(repo_copy, r"config\.json is not valid JSON")
+    _expect_load_error(repo_copy, r"config\.json of .* is not valid UTF-8 JSON")
     (repo_copy / "config.json").write_text(json.dumps({"num_classes": 10, "pretrained_cfg": {}}))
     _expect_load_error(repo_copy, r"has no 'architecture'")
 

@@ -10,10 +10,11 @@ Nothing here downloads at import or test time: ``mnist5k`` (5,000 real MNIST dig
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -25,6 +26,7 @@ from torch import Tensor
 
 from sclzoo.errors import DatasetError
 from sclzoo.registry import Registry
+from sclzoo.zoo.preprocess import DataConfig, pil_mode, transform_tensors
 
 __all__ = ["ImageDataset", "DATASETS", "load_dataset", "stratified_split"]
 
@@ -241,58 +243,149 @@ def stl10(split: str, data_dir: str | None = None) -> ImageDataset:
     return _fixed_split("stl10", split, to(tr), to(te), tuple(tr.classes))
 
 
-def _read_folder(root: Path) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+FOLDER_SPLITS = ("train", "val", "test")
+
+
+def _class_dirs(root: Path) -> list[str]:
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _read_folder(root: Path, classes: Sequence[str], prep: DataConfig | None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Reads ROOT/<class>/<image> for the given classes (label = position in ``classes``).
+
+    With ``prep`` every image is converted to the model's channels and brought to its input size by timm's eval
+    transform (mixed sizes and modes are fine); without it, images are RGB and must share one size.
+    """
     from PIL import Image, UnidentifiedImageError
 
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-    if not classes:
-        raise DatasetError(f"image folder {str(root)!r} has no class sub-folders; expected ROOT/<class>/<image>.png")
+    transform = prep.image_transform() if prep is not None else None
+    mode = pil_mode(prep.channels) if prep is not None else "RGB"
     images, labels, size = [], [], None
     for ci, c in enumerate(classes):
-        for f in sorted((root / c).iterdir()):
-            if f.suffix.lower() not in (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"):
+        folder = root / c
+        if not folder.is_dir():
+            continue
+        for f in sorted(folder.iterdir()):
+            if f.suffix.lower() not in IMAGE_SUFFIXES or f.name.startswith("."):
                 continue
             try:
                 with Image.open(f) as im:
-                    arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-            except (UnidentifiedImageError, OSError) as e:
-                raise DatasetError(f"cannot read image {str(f)!r} ({e}); remove or replace it") from None
+                    im.load()
+                    im = im.convert(mode)
+                    if transform is not None:
+                        arr = transform(im).numpy().astype(np.float32)
+                    else:
+                        arr = (np.asarray(im, dtype=np.float32) / 255.0).transpose(2, 0, 1)
+            except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+                raise DatasetError(f"cannot read image {str(f)!r} ({type(e).__name__}: {e}); remove or replace "
+                                   "it") from None
             if size is None:
                 size = arr.shape
             elif arr.shape != size:
-                raise DatasetError(f"image {str(f)!r} is {arr.shape[1]}×{arr.shape[0]} but earlier images are "
-                                   f"{size[1]}×{size[0]}; resize the folder to one size")
-            images.append(arr.transpose(2, 0, 1))
+                raise DatasetError(f"image {str(f)!r} is {arr.shape[2]}×{arr.shape[1]} but earlier images are "
+                                   f"{size[2]}×{size[1]}; resize the folder to one size, or evaluate it with a "
+                                   "model (its data config resizes every image)")
+            images.append(arr)
             labels.append(ci)
     if not images:
-        raise DatasetError(f"image folder {str(root)!r} holds no images")
-    return np.stack(images), np.asarray(labels, dtype=np.int64), tuple(classes)
+        return np.zeros((0, 0, 0, 0), np.float32), np.zeros(0, np.int64)
+    return np.stack(images), np.asarray(labels, dtype=np.int64)
 
 
-def imagefolder(path: str, split: str) -> ImageDataset:
-    """``imagefolder:<path>``: ROOT/train/<class>/* and ROOT/test/<class>/*, or ROOT/<class>/* split 80/20 (seeded)."""
+def folder_layout(path: str) -> tuple[str, tuple[str, ...]]:
+    """``("split", splits present)`` for ROOT/{train,val,test}/<class>/…, else ``("flat", ("all", "train",
+    "test"))`` for ROOT/<class>/….
+
+    Raises:
+        DatasetError: the folder does not exist or holds no class sub-folders.
+    """
     root = Path(path)
     if not root.is_dir():
         raise DatasetError(f"image folder {path!r} does not exist; pass imagefolder:<folder with class sub-folders>")
+    present = tuple(s for s in FOLDER_SPLITS if (root / s).is_dir())
+    if present:
+        return "split", present
+    if not _class_dirs(root):
+        raise DatasetError(f"image folder {path!r} has no class sub-folders; expected ROOT/<class>/<image>.png or "
+                           "ROOT/{train,val,test}/<class>/<image>.png")
+    return "flat", ("all", "train", "test")
+
+
+def default_split(name: str) -> str:
+    """The split evaluated when none is given: the whole folder for a flat image folder, else ``test`` (or
+    ``val`` when an image folder has no ``test/``)."""
+    if name.startswith("imagefolder:"):
+        layout, splits = folder_layout(name[len("imagefolder:") :])
+        if layout == "flat":
+            return "all"
+        return "test" if "test" in splits else "val" if "val" in splits else splits[0]
+    return "test"
+
+
+def imagefolder(path: str, split: str, prep: DataConfig | None = None) -> ImageDataset:
+    """``imagefolder:<path>``, RGB or greyscale, any image size.
+
+    Layouts: ROOT/{train,val,test}/<class>/* (``--split`` picks one; classes are the union over the splits), or
+    ROOT/<class>/* ("flat": ``all`` is the whole folder, ``train``/``test`` a seeded stratified 80/20 split).
+    With ``prep`` (a model's data config) images are converted to its channels and resized/cropped as timm's
+    eval transform does.
+    """
+    root = Path(path)
+    layout, splits = folder_layout(path)
     name = f"imagefolder:{root.name}"
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        xtr, ytr, classes = _read_folder(root / "train")
-        xte, yte, classes_te = _read_folder(root / "test")
-        if classes_te != classes:
-            raise DatasetError(f"train/ and test/ of {path!r} have different classes: {classes} vs {classes_te}")
-        return _fixed_split(name, split, (xtr, ytr), (xte, yte), classes)
-    x, y, classes = _read_folder(root)
-    n_test = max(len(classes), round(0.2 * len(y)))
+    if split not in splits:
+        raise DatasetError(f"image folder {path!r} has no {split!r} split; use --split {' or '.join(splits)}")
+    if layout == "split":
+        classes = tuple(sorted({c for s in splits for c in _class_dirs(root / s)}))
+        if not classes:
+            raise DatasetError(f"image folder {path!r} has no class sub-folders under {', '.join(splits)}/")
+        x, y = _read_folder(root / split, classes, prep)
+        if not len(y):
+            raise DatasetError(f"image folder {str(root / split)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        h = hashlib.sha256(name.encode() + b"\0" + split.encode())
+        h.update(np.asarray(y, dtype="<i8").tobytes())
+        return ImageDataset(id=name, split=split, images=torch.from_numpy(np.ascontiguousarray(x)),
+                            labels=torch.from_numpy(y), indices=torch.arange(len(y)), label_names=classes,
+                            mean=tuple(float(v) for v in x.mean(axis=(0, 2, 3))),
+                            std=tuple(float(v) for v in x.std(axis=(0, 2, 3))), split_sha256=h.hexdigest())
+    classes = tuple(_class_dirs(root))
+    x, y = _read_folder(root, classes, prep)
+    if not len(y):
+        raise DatasetError(f"image folder {path!r} holds no images ({', '.join(IMAGE_SUFFIXES)}) in its class "
+                           "sub-folders")
+    if split == "all":
+        h = hashlib.sha256(name.encode() + b"\0all")
+        h.update(np.asarray(y, dtype="<i8").tobytes())
+        return ImageDataset(id=name, split="all", images=torch.from_numpy(np.ascontiguousarray(x)),
+                            labels=torch.from_numpy(y), indices=torch.arange(len(y)), label_names=classes,
+                            mean=tuple(float(v) for v in x.mean(axis=(0, 2, 3))),
+                            std=tuple(float(v) for v in x.std(axis=(0, 2, 3))), split_sha256=h.hexdigest())
+    present = len(np.unique(y))
+    n_test = max(present, round(0.2 * len(y)))
+    if n_test >= len(y):
+        raise DatasetError(f"image folder {path!r} has {len(y)} images, too few for a train/test split; evaluate "
+                           "it whole with --split all")
     return _build(name, split, x, y, n_test=n_test, seed=0, label_names=classes)
 
 
-def load_dataset(name: str, split: str, data_dir: str | None = None) -> ImageDataset:
+def load_dataset(name: str, split: str, data_dir: str | None = None, prep: DataConfig | None = None) -> ImageDataset:
     """Loads one split of a registered dataset, or of ``imagefolder:<path>``.
+
+    Args:
+        name: A registered name (``sclzoo ls datasets``) or ``imagefolder:PATH``.
+        split: ``train``/``test`` (``val``/``all`` for image folders, see :func:`imagefolder`).
+        data_dir: Where torchvision datasets live.
+        prep: A model's data config: images come back at its input size and channel count.
 
     Raises:
         UnknownNameError: ``name`` is not registered (the message lists close names).
         DatasetError: the data is absent or unreadable (the message says how to get it).
     """
     if name.startswith("imagefolder:"):
-        return imagefolder(name[len("imagefolder:") :], split)
-    return DATASETS.get(name)(split, data_dir)
+        return imagefolder(name[len("imagefolder:") :], split, prep)
+    data = DATASETS.get(name)(split, data_dir)
+    if prep is None:
+        return data
+    return dataclasses.replace(data, images=transform_tensors(data.images, prep))

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from torch import Tensor, nn
 
-__all__ = ["CifarResNet", "Normalize", "ProjectionHead", "ARCHITECTURES", "encode"]
+__all__ = ["CifarResNet", "Normalize", "ProjectionHead", "ARCHITECTURES", "MODEL_ARGS", "encode"]
 
 
 class Normalize(nn.Module):
@@ -216,6 +216,32 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
     "test_resnet_cifar": {"layers": (1, 1), "widths": (8, 16)},
 }
 """Zoo architectures: name → CifarResNet arguments. Each is also a timm model entrypoint."""
+
+
+
+def _norm_values(positive: bool) -> Any:
+    def check(v: Any) -> bool:
+        return (isinstance(v, list) and 1 <= len(v) <= 3
+                and all(isinstance(x, (int, float)) and not isinstance(x, bool) and abs(x) < 1e3
+                        and (x > 0 if positive else True) for x in v))
+    check.__doc__ = f"a list of 1 to 3 {'positive ' if positive else ''}numbers"
+    return check
+
+
+def _int_list(hi: int) -> Any:
+    def check(v: Any) -> bool:
+        return (isinstance(v, list) and 1 <= len(v) <= 6
+                and all(isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= hi for x in v))
+    check.__doc__ = f"a list of 1 to 6 integers in [1, {hi}]"
+    return check
+
+
+MODEL_ARGS: dict[str, dict[str, Any]] = {
+    name: {"norm_mean": _norm_values(False), "norm_std": _norm_values(True), "widths": _int_list(2048),
+           "layers": _int_list(16)} for name in ARCHITECTURES
+}
+"""config.json ``model_args`` keys a zoo architecture accepts beyond timm's generic ones (name → check, with
+bounds); the loader (zoo/hub.py) refuses every other key and checks the built size before allocating."""
 
 # timm's @register_model reads this module-level table to attach each entrypoint's default pretrained cfg.
 default_cfgs = generate_default_cfgs({name: _cfg() for name in ARCHITECTURES})
