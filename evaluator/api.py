@@ -432,9 +432,10 @@ def _checkpointing(path: Path | None, meta: dict[str, Any], ids: np.ndarray, *, 
                    info: DistInfo) -> tuple[dict[int, BatchResult], Callable[[BatchResult], None] | None]:
     """Finished batches to resume from, and the callback that checkpoints each new batch.
 
-    Rank 0 holds the checkpoint's lock for the whole run (a second live run is told "already running (pid N)",
-    not "interrupted"); a folder without ``meta.json`` (e.g. left by a full disk) counts as absent, and temporary
-    files of a killed run are removed.
+    Rank 0 holds the checkpoint's lock (``<hash>.partial/lock``) from the first checkpointed batch — or from the
+    start, when a checkpoint folder exists — until the result is written, so a second live run is told "already
+    running (pid N)", not "interrupted", and a run that fails before its first batch leaves no file behind. A
+    folder without ``meta.json`` (e.g. left by a full disk) counts as absent; temporary files of a killed run go.
     """
     from sclzoo.evaluator.results import (
         check_resume_force,
@@ -448,8 +449,8 @@ def _checkpointing(path: Path | None, meta: dict[str, Any], ids: np.ndarray, *, 
     if path is None:
         return {}, None
     folder = checkpoint_dir(path)
-    if info.is_main:
-        lock_checkpoint(folder)
+    if info.is_main and folder.is_dir():
+        lock_checkpoint(folder)  # a live run holding it: "already running (pid N)"
     if checkpoint_exists(folder) and not (resume or force):
         if info.is_main:
             unlock_checkpoint(folder)
@@ -457,10 +458,14 @@ def _checkpointing(path: Path | None, meta: dict[str, Any], ids: np.ndarray, *, 
                           "(resume=True) to continue it or --force to start over")
     if info.is_main:
         clear_checkpoint(folder, keep=resume)
+        if not checkpoint_exists(folder):
+            unlock_checkpoint(folder)  # nothing to hold yet: the first batch takes the lock
     barrier(info)  # nobody reads or writes the folder before rank 0 has cleared it
     done = read_checkpoint(folder, meta, ids) if resume else {}
 
     def on_batch(batch: BatchResult) -> None:
+        if info.is_main:
+            lock_checkpoint(folder)  # a no-op once held; fails if another run took it meanwhile
         write_checkpoint_batch(folder, meta, batch, ids[batch.start : batch.start + batch.size])
 
     return done, on_batch

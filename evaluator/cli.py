@@ -555,6 +555,9 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the CLI and turns sclzoo errors into one line and exit code 1."""
     debug = os.environ.get("SCLZOO_DEBUG", "") not in ("", "0")
     try:
+        from sclzoo.threads import configure as configure_threads
+
+        configure_threads()  # threads = cores available (SCLZOO_THREADS, OMP_NUM_THREADS, affinity, cgroup quota)
         cli.main(args=argv, prog_name="sclzoo", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)

@@ -42,6 +42,7 @@ from sclzoo.evaluator.compare import SampleScores, compare_records, from_result,
 from sclzoo.evaluator.config import EXECUTION_KEYS
 from sclzoo.evaluator.results import (
     check_result,
+    maps_path,
     read_maps,
     read_result,
     read_samples,
@@ -154,6 +155,8 @@ def _load_one(root: Path, f: Path) -> LoadedResult:
             more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
             raise ResultError(f"disagrees with its per-sample file: {problems[0]}{more}")
     try:
+        if maps_path(f).is_symlink():
+            raise ResultError("symbolic link")
         maps = read_maps(f)
     except ResultError:
         notes.append("example maps file corrupt: left out of the gallery (delete it or evaluate again "

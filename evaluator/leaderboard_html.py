@@ -1,7 +1,10 @@
 """The leaderboard as one static HTML page: inline CSS and JS, figures as local files, no network assets.
 
-Tables are sortable by clicking a header (a few lines of inline JS; numeric cells sort by their ``data-v``
-value, missing values last). The page is a pure function of the board, the comparison and the figure paths.
+The page leads with the claim check (wins per metric family for SupCon vs SimCLR and CE vs each), then one section
+per comparable group: its table (wrapped to fit a 1,400 px window; a wider one scrolls inside a labelled frame),
+figures and gallery; then every objective comparison in full. Tables are sortable by clicking a header (a few lines
+of inline JS; numeric cells sort by their ``data-v`` value, missing values last). The page is a pure function of
+the board, the comparison and the figure paths.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from sclzoo.evaluator.compare import objective_name
+from sclzoo.evaluator.compare import PAIR_ORDER, objective_name
 from sclzoo.evaluator.leaderboard import group_rows, why_apart_text
 
 __all__ = ["format_html"]
@@ -22,11 +25,18 @@ h3{font-size:1.05em;margin-top:1.4em}code{font-size:.92em;background:#f2f3f7;pad
 nav a{margin-right:1em}.why{background:#fff8e6;border-left:4px solid #e7b10a;padding:.4em .8em}
 .why.ref{background:#eef7ee;border-color:#4a9b4a}.muted{color:#667}
 table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:12.5px}
-th,td{border:1px solid #d6d9e0;padding:.25em .5em;text-align:right;white-space:nowrap}
-th{background:#f2f3f7;cursor:pointer;user-select:none;position:sticky;top:0}
+th,td{border:1px solid #d6d9e0;padding:.25em .4em;text-align:right;white-space:nowrap}
+th{background:#f2f3f7;cursor:pointer;user-select:none;position:sticky;top:0;white-space:normal;
+vertical-align:bottom;min-width:4.5em}
+table.lb{font-size:12px}table.lb td.m{white-space:normal;min-width:7em;max-width:14em}table.lb .ci{display:block}
+table.lb td.m code{display:block;font-size:.85em;background:none;padding:0;color:#667}
+p.cap{color:#556;font-size:.92em;margin:.8em 0 0}
 th[aria-sort=ascending]::after{content:" \\25B2"}th[aria-sort=descending]::after{content:" \\25BC"}
 td.t,th.t{text-align:left}.ci{color:#778;font-size:.88em}.rk{font-weight:600}.r1{background:#e3f4e3}
-.sig-a{background:#e3f4e3}.sig-b{background:#fde8e8}.scroll{overflow-x:auto}
+.sig-a{background:#e3f4e3}.sig-b{background:#fde8e8}.scroll{overflow-x:auto;max-width:100%}
+.scroll:focus{outline:2px solid #9ab}.scroll[data-overflow="1"]{box-shadow:inset -10px 0 8px -8px #8a93a6}
+#claim-check{border:1px solid #cfd6e4;border-radius:6px;padding:.2em 1em .6em;background:#f8fafd}#claim-check h2{margin-top:.6em;border:0}table.claim td.w{text-align:center}
+.w.holds,.w.fails{font-weight:400}td.holds{background:#e3f4e3}td.fails{background:#fde8e8}
 figure{margin:1em 0}figure img{max-width:100%;border:1px solid #e3e5ea}figcaption{color:#556;font-size:.9em}
 ul.claims li{margin:.25em 0}.holds{color:#1e7b1e;font-weight:600}.fails{color:#a32020;font-weight:600}
 """
@@ -54,7 +64,14 @@ JS = """
     });
   });
   document.body.setAttribute("data-sortable","ready");
+  function frames(){
+    document.querySelectorAll("div.scroll").forEach(function(d){
+      d.setAttribute("data-overflow",d.scrollWidth>d.clientWidth+1?"1":"0");
+    });
+  }
+  window.addEventListener("resize",frames);
   window.addEventListener("load",function(){
+    frames();
     var imgs=document.images,ok=0;
     for(var i=0;i<imgs.length;i++){if(imgs[i].complete&&imgs[i].naturalWidth>0)ok++;}
     document.body.setAttribute("data-images-loaded",ok+"/"+imgs.length);
@@ -65,8 +82,9 @@ JS = """
 CAPTIONS = {
     "distributions": "Per-sample score distributions by objective (boxes: quartiles, whiskers 1.5 IQR), per method.",
     "ranks": "Rank heat-map: leaderboard rows × metrics, 1 = best within this group.",
-    "gallery": "Example attribution maps (signed pixel maps, each on its own symmetric scale: red positive, blue "
-               "negative) of the first evaluated images.",
+    "gallery": "Example attribution maps of the first evaluated images: signed pixel maps, each on its own symmetric "
+               "scale (colour bar: blue −max|map|, white 0, red +max|map|; each cell prints its max|map|, and the "
+               "model's prediction when the result stores it; the column title gives the image's id and label).",
 }
 
 
@@ -78,27 +96,43 @@ def _g(v: float | None, digits: int = 4) -> str:
     return "NaN" if v is None else f"{v:.{digits}g}"
 
 
+def _breakable(text: str) -> str:
+    """Escaped text that may wrap after ``_`` and ``.`` (long metric and model names)."""
+    return escape(text).replace("_", "_<wbr>").replace(".", ".<wbr>")
+
+
 def _th(label: str, num: bool, title: str = "") -> str:
     t = f' title="{escape(title)}"' if title else ""
     cls = "" if num else ' class="t"'
-    return f'<th data-type="{"num" if num else "text"}"{cls}{t}>{escape(label)}</th>'
+    return f'<th data-type="{"num" if num else "text"}"{cls}{t}>{_breakable(label)}</th>'
+
+
+def _frame(table_id: str, what: str, caption: str = "") -> str:
+    """A table's caption and the opening of its frame, which scrolls sideways when the table is wider than the
+    page (the frame is labelled, and marked ``data-overflow="1"`` with a shadow at its edge when it scrolls)."""
+    cap = f'<p class="cap">{escape(caption)}</p>' if caption else ""
+    return (f'{cap}<div class="scroll" role="region" tabindex="0" id="frame-{escape(table_id)}" '
+            f'aria-label="{escape(what)} (scrolls sideways when wider than the window)">')
 
 
 def _group_table(board: dict[str, Any], grp: dict[str, Any]) -> list[str]:
     info = grp["metric_info"]
-    heads = [_th("model", False), _th("objective", False), _th("method", False), _th("commit", False),
-             _th("accuracy", True)]
+    heads = [_th("model @commit", False), _th("objective", False), _th("method", False), _th("accuracy", True)]
     for m in grp["metrics"]:
         arrow = "↑" if info[m]["higher_is_better"] else "↓"
         heads.append(_th(f"{m} {arrow}", True, f"{info[m]['family']}, version {info[m]['version']}; "
                                                 f"{'higher' if info[m]['higher_is_better'] else 'lower'} is better"))
     heads += [_th(f"mean rank {f}", True) for f in grp["families"]]
-    out = [f'<div class="scroll"><table class="lb sortable" id="table-{grp["id"]}" data-group="{grp["id"]}">',
+    rows = group_rows(board, grp)
+    out = [_frame(f"table-{grp['id']}", f"Leaderboard table of group {grp['id']}",
+                  f"Group {grp['id']}: {len(rows)} rows (model × method). Cells: mean score, #rank within the group, "
+                  "and the 95% CI below. A table wider than the window scrolls sideways inside its frame."),
+           f'<table class="lb sortable" id="table-{grp["id"]}" data-group="{grp["id"]}">',
            "<thead><tr>" + "".join(heads) + "</tr></thead><tbody>"]
-    for r in group_rows(board, grp):
-        cells = [f'<td class="t" title="{escape(r["model"])}">{escape(r["label"])}</td>',
-                 f'<td class="t">{escape(r["objective"])}</td>', f'<td class="t">{escape(r["method"])}</td>',
-                 f'<td class="t"><code>{escape(r["commit_sha"][:7])}</code></td>',
+    for r in rows:
+        cells = [f'<td class="t m" title="{escape(r["model"])}@{escape(r["commit_sha"])}">{_breakable(r["label"])}'
+                 f'<code>@{escape(r["commit_sha"][:7])}</code></td>',
+                 f'<td class="t">{escape(r["objective"])}</td>', f'<td class="t">{_breakable(r["method"])}</td>',
                  f'<td data-v="{_num(r["accuracy"])}">{_g(r["accuracy"])}</td>']
         for m in grp["metrics"]:
             s = r["metrics"].get(m)
@@ -109,14 +143,89 @@ def _group_table(board: dict[str, Any], grp: dict[str, Any]) -> list[str]:
             nan = f' · {s["n_nan"]} NaN' if s["n_nan"] else ""
             cls = ' class="r1"' if s["rank"] == 1 and s["mean"] is not None else ""
             cells.append(f'<td data-v="{_num(s["mean"])}"{cls} title="n = {s["n"]}{nan}; rank {s["rank"]}">'
-                         f'{_g(s["mean"])} <span class="ci">[{_g(ci[0], 3)}, {_g(ci[1], 3)}]</span> '
-                         f'<span class="rk">#{s["rank"]}</span>{escape(nan)}</td>')
+                         f'{_g(s["mean"])} <span class="rk">#{s["rank"]}</span>{escape(nan)}'
+                         f'<span class="ci">[{_g(ci[0], 3)}, {_g(ci[1], 3)}]</span></td>')
         for f in grp["families"]:
             v = r["mean_rank"].get(f)
             cells.append(f'<td data-v="{_num(v)}">{"–" if v is None else f"{v:.2f}"}</td>')
         out.append(f'<tr class="lb-row" data-model="{escape(r["model"])}" data-method="{escape(r["method"])}">'
                    + "".join(cells) + "</tr>")
     out.append("</tbody></table></div>")
+    return out
+
+
+def _one_model_table(board: dict[str, Any], grp: dict[str, Any]) -> list[str]:
+    """What replaces the rank heat-map when a group has one model (every rank is 1): its means, method × metric."""
+    info = grp["metric_info"]
+    rows = {r["method"]: r for r in group_rows(board, grp)}
+    heads = [_th("method", False)] + [_th(f"{m} {'↑' if info[m]['higher_is_better'] else '↓'}", True)
+                                      for m in grp["metrics"]]
+    out = [_frame(f"single-{grp['id']}", f"Scores of the one model of group {grp['id']}",
+                  "One model in this group, so every rank is 1 and a rank heat-map says nothing: its mean score "
+                  "per method (rows) and metric (columns) instead."),
+           f'<table class="single sortable" id="single-{grp["id"]}">',
+           "<thead><tr>" + "".join(heads) + "</tr></thead><tbody>"]
+    for method in sorted(rows):
+        cells = [f'<td class="t">{_breakable(method)}</td>']
+        for m in grp["metrics"]:
+            sc = rows[method]["metrics"].get(m)
+            mean = None if sc is None else sc["mean"]
+            cells.append(f'<td data-v="{_num(mean)}">{"–" if sc is None else _g(mean)}</td>')
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("</tbody></table></div>")
+    return out
+
+
+def _claim_check_html(comparison: dict[str, Any]) -> list[str]:
+    """The page's first section: per claim comparison, the wins of each side per metric family, and the verdict."""
+    from sclzoo.evaluator.summary import verdict
+
+    out = ['<section id="claim-check"><h2>Claim check</h2>']
+    found = [(g, c) for g in comparison["groups"] for c in g["comparisons"]
+             if (c["a"]["objective"], c["b"]["objective"]) in PAIR_ORDER]
+    if not found:
+        out += ['<p class="muted">No two of CE, SupCon and SimCLR were evaluated on the same images under the same '
+                "config: nothing to check yet.</p></section>"]
+        return out
+    families: list[str] = []
+    for _, c in found:
+        families += [v["family"] for v in c["verdicts"] if v["family"] not in families]
+    out.append(f"<p>Does SupCon (SCL) give better explanations than SimCLR (CL), and how does CE compare? Paired "
+               f"Wilcoxon tests on the same images, Holm-corrected per metric family, α = {comparison['alpha']:g}. "
+               "Each cell: (method, metric) pairs won by the first / by the second / not significant; green: the "
+               "first wins most of the family's pairs, red: the second does.</p>")
+    heads = [_th("comparison", False), _th("config", False), _th("images", True)] \
+        + [_th(f, False) for f in families] + [_th("verdict", False)]
+    out += [_frame("claim", "Claim check table"), '<table class="claim sortable" id="claim">',
+            "<thead><tr>" + "".join(heads) + "</tr></thead><tbody>"]
+    for g, c in found:
+        by_family = {v["family"]: v for v in c["verdicts"]}
+        cells = [f'<td class="t">{escape(c["a"]["label"])} vs {escape(c["b"]["label"])}</td>',
+                 f'<td class="t">{escape(g["architecture"])} · {escape(g["dataset"])} · '
+                 f'<code>{escape(g["config_hash"][:12])}</code></td>',
+                 f'<td data-v="{c["n_common_samples"]}">{c["n_common_samples"]}</td>']
+        for f in families:
+            v = by_family.get(f)
+            if v is None or not v["n"]:
+                cells.append('<td class="t w">–</td>')
+                continue
+            side = " sig-a" if v["a_wins"] > v["n"] / 2 else " sig-b" if v["b_wins"] > v["n"] / 2 else ""
+            cells.append(f'<td class="t w{side}" title="{escape(v["text"])}">{v["a_wins"]} / {v["b_wins"]} / '
+                         f'{v["not_significant"]}</td>')
+        cells.append(f'<td class="t">{escape(verdict(c))}</td>')
+        out.append('<tr class="claim-row">' + "".join(cells) + "</tr>")
+    out.append("</tbody></table></div>")
+    out.append('<details><summary>The verdicts in words</summary><ul class="claims">')
+    for c in comparison["claim_check"]:
+        cls = ("holds" if c["holds"] else "fails") if c["claim"] else "verdict"
+        out.append(f'<li><code>{escape(c["config_hash"][:12])}</code> {escape(c["a"])} vs {escape(c["b"])}: '
+                   f'<span class="{cls}">{escape(c["text"])}</span></li>')
+    out.append("</ul></details>")
+    n_other = sum(1 for g in comparison["groups"] for c in g["comparisons"]) - len(found)
+    if n_other:
+        out.append(f'<p class="muted">{n_other} more pairwise comparison(s), and every test, under '
+                   '<a href="#compare">Objective comparison</a>.</p>')
+    out.append("</section>")
     return out
 
 
@@ -136,12 +245,7 @@ def _comparison_html(comparison: dict[str, Any]) -> list[str]:
                f"Holm-corrected per metric family, α = {comparison['alpha']:g}. Δ is the median paired difference "
                "(first − second) in the metric's units with a bootstrap 95% CI; “better” is direction-aware "
                "(for ↓ metrics a lower score wins). Pairs with a NaN score are dropped and counted.</p>")
-    out.append('<h3>Claim check</h3><ul class="claims">')
-    for c in comparison["claim_check"]:
-        cls = ("holds" if c["holds"] else "fails") if c["claim"] else "verdict"
-        out.append(f'<li><code>{escape(c["config_hash"][:12])}</code> {escape(c["a"])} vs {escape(c["b"])}: '
-                   f'<span class="{cls}">{escape(c["text"])}</span></li>')
-    out.append("</ul>")
+    out.append('<p>The claim check is at the <a href="#claim-check">top of the page</a>.</p>')
     for g in comparison["groups"]:
         for ci, c in enumerate(g["comparisons"]):
             out.append(f'<h3>{escape(c["a"]["label"])} vs {escape(c["b"]["label"])} · {escape(g["architecture"])} · '
@@ -153,7 +257,9 @@ def _comparison_html(comparison: dict[str, Any]) -> list[str]:
             heads = [_th("family", False), _th("method", False), _th("metric", False), _th("n pairs", True),
                      _th("NaN dropped", True), _th("zero diffs", True), _th("Δ median", True), _th("95% CI", False),
                      _th("p", True), _th("p Holm", True), _th("better", False)]
-            out += [f'<div class="scroll"><table class="cmp sortable" id="cmp-{escape(g["config_hash"][:12])}-{ci}">',
+            cmp_id = f"cmp-{g['config_hash'][:12]}-{ci}"
+            out += [_frame(cmp_id, f"Tests of {c['a']['label']} vs {c['b']['label']}")
+                    + f'<table class="cmp sortable" id="{escape(cmp_id)}">',
                     "<thead><tr>" + "".join(heads) + "</tr></thead><tbody>"]
             for t in c["tests"]:
                 arrow = "↑" if t["higher_is_better"] else "↓"
@@ -199,9 +305,11 @@ def format_html(board: dict[str, Any], comparison: dict[str, Any], figures: dict
     if not board["rows"]:
         out.append("<p>No results yet: run <code>sclzoo evaluate</code>.</p>")
     else:
-        out.append("<nav>" + "".join(f'<a href="#{g["id"]}">group {g["id"]} · {escape(g["dataset"])} · '
-                                     f'<code>{escape(g["config_hash"][:12])}</code></a>' for g in board["groups"])
-                   + '<a href="#compare">objective comparison</a></nav>')
+        out += _claim_check_html(comparison)
+        links = "".join(f'<a href="#{g["id"]}">group {g["id"]} · {escape(g["dataset"])} · '
+                        f'<code>{escape(g["config_hash"][:12])}</code></a>' for g in board["groups"])
+        out.append(f'<nav><a href="#claim-check">claim check</a>{links}<a href="#compare">objective comparison</a>'
+                   "</nav>")
     for grp in board["groups"]:
         ref = board["groups"][0]
         cls = "why ref" if not grp["why_apart"] else "why"
@@ -218,7 +326,9 @@ def format_html(board: dict[str, Any], comparison: dict[str, Any], figures: dict
         out += _group_table(board, grp)
         figs = figures.get(grp["id"], {})
         for kind in ("distributions", "ranks", "gallery"):
-            if kind in figs:
+            if kind == "ranks" and len(grp["models"]) == 1:
+                out += _one_model_table(board, grp)
+            elif kind in figs:
                 out.append(f'<figure><img src="{escape(figs[kind])}" alt="{kind} of group {grp["id"]}" '
                            f'loading="eager"><figcaption>{escape(CAPTIONS[kind])}</figcaption></figure>')
         if "gallery" not in figs:

@@ -129,23 +129,37 @@ def rank_heatmap(row_labels: Sequence[str], col_labels: Sequence[str], ranks: np
     return png_bytes(fig)
 
 
-def maps_gallery(images: np.ndarray | None, rows: Sequence[tuple[str, np.ndarray]],
-                 sample_ids: Sequence[int]) -> bytes:
-    """Example attribution maps: a row of input images, then one row per (model, method).
+def maps_gallery(images: np.ndarray | None, rows: Sequence[tuple[Any, ...]], sample_ids: Sequence[int],
+                 labels: Sequence[Any] | None = None) -> bytes:
+    """Example attribution maps: a row of input images, then one row per (model, method), and a colour bar.
 
     Args:
         images: (K, C, H, W) inputs in [0, 1], or None.
-        rows: ``(label, maps)`` with maps (K, H, W) signed pixel maps; each map is shown on its own symmetric
-            scale (red positive, blue negative), since map magnitudes are not comparable across methods.
+        rows: ``(label, maps)`` or ``(label, maps, predictions)``: maps (K, H, W) signed pixel maps, predictions
+            (K,) the model's predicted class per image (shown in the cell, red when it differs from the label).
+            Each map is shown on its own symmetric scale, since map magnitudes are not comparable across methods:
+            the colour bar runs from −max|map| (blue) through 0 (white) to +max|map| (red), and each cell prints
+            its max|map|.
         sample_ids: (K,) dataset indices, used as column titles.
+        labels: (K,) true class per image (shown in the column title), or None.
 
     Returns:
         PNG bytes.
     """
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
     k = len(sample_ids)
     n_rows = len(rows) + (1 if images is not None else 0)
-    fig = _figure(1.9 + 1.0 * k, 0.25 + 1.0 * n_rows)
+    bar_in = 0.75  # right margin: the colour bar and its label
+    fig = _figure(1.9 + 1.0 * k + bar_in, 0.4 + 1.0 * n_rows)
     axes = fig.subplots(n_rows, k, squeeze=False)
+    cmap = colormaps["bwr"]
+
+    def title(j: int) -> str:
+        return f"#{int(sample_ids[j])}" + (f" · label {labels[j]}" if labels is not None and j < len(labels) else "")
+
     r0 = 0
     if images is not None:
         for j in range(k):
@@ -154,24 +168,43 @@ def maps_gallery(images: np.ndarray | None, rows: Sequence[tuple[str, np.ndarray
                 axes[0, j].imshow(img[0], cmap="gray", vmin=0, vmax=1)
             else:
                 axes[0, j].imshow(np.clip(img.transpose(1, 2, 0), 0, 1))
-            axes[0, j].set_title(f"#{int(sample_ids[j])}", fontsize=7)
+            axes[0, j].set_title(title(j), fontsize=7)
         axes[0, 0].set_ylabel("input", fontsize=7, rotation=0, ha="right", va="center")
         r0 = 1
-    for i, (label, maps) in enumerate(rows):
+    for i, row in enumerate(rows):
+        label, maps = row[0], row[1]
+        preds = row[2] if len(row) > 2 else None
         for j in range(k):
             ax = axes[r0 + i, j]
             if j < len(maps):
                 m = np.asarray(maps[j], dtype=np.float32)
                 v = float(np.abs(m).max()) or 1.0
-                ax.imshow(m, cmap="bwr", vmin=-v, vmax=v)
+                ax.imshow(m, cmap=cmap, vmin=-v, vmax=v)
+                note = f"±{float(np.abs(m).max()):.2g}"
+                wrong = False
+                if preds is not None and j < len(preds):
+                    wrong = labels is not None and j < len(labels) and str(preds[j]) != str(labels[j])
+                    note = f"pred {preds[j]} · {note}"
+                ax.text(0.03, 0.03, note, transform=ax.transAxes, fontsize=5.5, ha="left", va="bottom",
+                        color="#b00000" if wrong else "#222222", fontweight="bold" if wrong else "normal",
+                        bbox={"boxstyle": "square,pad=0.15", "facecolor": "white", "alpha": 0.7, "linewidth": 0})
             if r0 == 0 and i == 0:
-                ax.set_title(f"#{int(sample_ids[j])}", fontsize=7)
+                ax.set_title(title(j), fontsize=7)
         axes[r0 + i, 0].set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.subplots_adjust(left=1.8 / fig.get_figwidth(), right=0.99, top=1 - 0.22 / fig.get_figheight(),
-                        bottom=0.01, wspace=0.05, hspace=0.08)
+    width, height = fig.get_figwidth(), fig.get_figheight()
+    right = 1 - bar_in / width
+    fig.subplots_adjust(left=1.8 / width, right=right, top=1 - 0.3 / height, bottom=0.1 / height,
+                        wspace=0.05, hspace=0.08)
+    if rows:
+        span = min(1.0, max(0.5, 2.0 / height))  # at least 2 in. of bar, at most the plot's height
+        cax = fig.add_axes((right + 0.12 / width, 0.1 / height + (1 - span) / 2 * (1 - 0.4 / height),
+                            0.12 / width, span * (1 - 0.4 / height)))
+        cb = fig.colorbar(ScalarMappable(Normalize(-1, 1), cmap), cax=cax, ticks=[-1, 0, 1])
+        cb.ax.set_yticklabels(["−max", "0", "+max"], fontsize=6)
+        cb.set_label("attribution", fontsize=6, labelpad=1)
     return png_bytes(fig)
 
 

@@ -562,28 +562,40 @@ def lock_checkpoint(folder: str | Path) -> None:
     lock = d / LOCK_FILE
     held = _HELD.get(key)
     if held is not None:
-        try:
-            if os.fstat(held).st_ino == lock.stat().st_ino:
-                return  # ours (an earlier call of this process that was interrupted)
-        except OSError:
-            pass
+        if _is_file_of(held, lock):
+            return  # ours (an earlier call of this process, or an earlier batch of this run)
         _release(key)
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as e:
-        raise ResultError(f"cannot create the checkpoint lock {str(lock)!r} ({_why(e)}); pass a writable --out "
-                          "folder") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        who = _holder(fd)
+    for _ in range(5):  # the file can be unlinked by its holder between our open and our flock: try again
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise ResultError(f"cannot create the checkpoint lock {str(lock)!r} ({_why(e)}); pass a writable "
+                              "--out folder") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            who = _holder(fd)
+            os.close(fd)
+            raise ResultError(f"another run of this model and config is already running ({who}) and holds "
+                              f"{str(d)!r}; wait for it to finish, or stop it and run again with --resume") from None
+        if _is_file_of(fd, lock):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+            _HELD[key] = fd
+            return
         os.close(fd)
-        raise ResultError(f"another run of this model and config is already running ({who}) and holds "
-                          f"{str(d)!r}; wait for it to finish, or stop it and run again with --resume") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
-    _HELD[key] = fd
+    raise ResultError(f"cannot lock the checkpoint {str(d)!r}: its lock file keeps being replaced; make sure no "
+                      "other run of this model and config is going, then try again")
+
+
+def _is_file_of(fd: int, path: Path) -> bool:
+    """Whether an open descriptor is (still) the file at ``path``."""
+    try:
+        a, b = os.fstat(fd), path.stat()
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def _release(key: str) -> None:
@@ -605,7 +617,8 @@ def _remove(entry: Path) -> None:
 
 
 def clear_checkpoint(folder: str | Path, *, keep: bool) -> None:
-    """Under this run's lock: removes what an earlier, killed run left that cannot serve this one.
+    """Removes what an earlier, killed run left that cannot serve this one (called with the folder's lock held,
+    or when there is no folder: then no run is writing this result).
 
     Hidden temporary files (``.<name>.XXXXXXXX``, left when a process is killed between writing and renaming)
     beside the result and in the folder always go; so does the whole checkpoint unless ``keep`` and it has a
@@ -627,12 +640,12 @@ def clear_checkpoint(folder: str | Path, *, keep: bool) -> None:
 def unlock_checkpoint(folder: str | Path) -> None:
     """Releases this process's lock on a checkpoint folder; removes the folder when the lock was all it held."""
     d = Path(folder)
-    _release(str(d.absolute()))
     try:
         if d.is_dir() and [e.name for e in d.iterdir()] == [LOCK_FILE]:
-            _remove(d)
+            _remove(d)  # while still locked, so no other run takes a lock file about to vanish
     except OSError:
         pass
+    _release(str(d.absolute()))
 
 
 def write_checkpoint_batch(folder: str | Path, meta: dict[str, Any], batch: BatchResult,

@@ -20,14 +20,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["summary_lines", "main"]
+__all__ = ["summary_lines", "verdict", "main"]
 
 # The comparisons of the claim check, in its order (the same as sclzoo.evaluator.compare.PAIR_ORDER; kept here so
 # that printing a summary needs no numpy/scipy).
 CLAIM_PAIRS = [("supcon", "simclr"), ("ce", "supcon"), ("ce", "simclr")]
 
 
-def _verdict(c: dict[str, Any]) -> str:
+def verdict(c: dict[str, Any]) -> str:
     """The comparison's verdict: whether its claim holds, and which side wins most pairs of which family."""
     parts = []
     sides = [(c["a"]["label"], "a_wins"), (c["b"]["label"], "b_wins")]
@@ -54,13 +54,14 @@ def summary_lines(out_dir: str | Path) -> list[str]:
         comps.sort(key=lambda c: CLAIM_PAIRS.index((c["a"]["objective"], c["b"]["objective"])))
         if not comps:
             continue
-        lines.append(f"{g['architecture']} · {g['dataset']} · {g['n_samples']} images · config {g['config_hash'][:12]}")
+        lines.append(f"{g['architecture']} · {g['dataset']} · {g['n_samples']} images · "
+                     f"config {g['config_hash'][:12]}")
         width = max(len(f"{c['a']['label']} vs {c['b']['label']}") for c in comps)
         for c in comps:
             pair = f"{c['a']['label']} vs {c['b']['label']}".ljust(width)
             counts = "  ".join(f"{v['family']} {v['a_wins']}/{v['b_wins']}/{v['not_significant']}"
                                for v in c["verdicts"])
-            lines += [f"  {pair}  {counts}", f"  {'':{width}}  → {_verdict(c)}"]
+            lines += [f"  {pair}  {counts}", f"  {'':{width}}  → {verdict(c)}"]
             shown += 1
     if shown == 0:
         lines.append("nothing to compare: no two of CE, SupCon and SimCLR were evaluated on the same images "

@@ -9,7 +9,11 @@ from __future__ import annotations
 from importlib import metadata
 from typing import Any
 
-from sclzoo.zoo import models as _models  # noqa: F401  (registers the architectures in timm)
+from sclzoo.threads import passive_openmp
+
+passive_openmp()  # before torch loads OpenMP: idle workers sleep instead of spinning (sclzoo/threads.py)
+
+from sclzoo.zoo import models as _models  # noqa: E402,F401  (registers the architectures in timm)
 
 try:
     __version__ = metadata.version("sclzoo")

@@ -12,8 +12,11 @@ The count is chosen, first match wins, from
    ``cpu.cfs_quota_us``: ``docker --cpus``, Kubernetes CPU limits), rounded down, at least 1.
 
 Pools must not spin either: onnxruntime sessions are created with ``session.intra_op.allow_spinning = 0``
-(:func:`sclzoo.zoo.onnx_export.onnx_session`), and :func:`configure` makes PyTorch's OpenMP workers sleep when idle
-(``OMP_WAIT_POLICY=PASSIVE``) when it runs before torch is imported. Nothing here imports torch.
+(:func:`sclzoo.zoo.onnx_export.onnx_session`), and :func:`passive_openmp` (run when ``sclzoo`` is imported, before
+it imports torch) makes PyTorch's OpenMP workers sleep when idle instead of spinning for milliseconds after every
+parallel region. Measured on the bundled ResNet-8 (saliency, integrated gradients and small forwards, 2 threads, a
+2-core VM): quiet 3.5-3.9 s spinning vs 4.2-6.1 s passive; with one competing 2-thread process 19-68 s spinning vs
+7-14 s passive. Set ``OMP_WAIT_POLICY=ACTIVE`` to get the spinning back. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ThreadChoice", "available_cpus", "cgroup_cpu_limit", "choose_threads", "configure"]
+from sclzoo.errors import ConfigError
+
+__all__ = ["ThreadChoice", "available_cpus", "cgroup_cpu_limit", "choose_threads", "configure", "passive_openmp"]
 
 ENV_VAR = "SCLZOO_THREADS"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -52,7 +57,7 @@ def _positive_int(value: object, what: str) -> int:
     except ValueError:
         n = 0
     if n < 1:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+        raise ConfigError(f"{what} must be a positive integer, got {value!r}")
     return n
 
 
@@ -120,7 +125,7 @@ def available_cpus(affinity: int | None = None, quota: float | None = None, *, r
 
 def choose_threads(requested: int | str | None = None, environ: Mapping[str, str] | None = None,
                    available: int | None = None) -> ThreadChoice:
-    """The thread count to use (see the module docstring for the order); raises ValueError for a bad value."""
+    """The thread count to use (see the module docstring for the order); raises ConfigError for a bad value."""
     env = os.environ if environ is None else environ
     avail = available_cpus() if available is None else available
     if requested is not None:
@@ -133,12 +138,24 @@ def choose_threads(requested: int | str | None = None, environ: Mapping[str, str
     return ThreadChoice(avail, "available", avail)
 
 
-def configure(requested: int | str | None = None, environ: dict[str, str] | None = None) -> ThreadChoice:
+def passive_openmp(environ: MutableMapping[str, str] | None = None) -> bool:
+    """Sets ``OMP_WAIT_POLICY=PASSIVE`` when torch is not imported yet and neither ``OMP_WAIT_POLICY`` nor
+    ``GOMP_SPINCOUNT`` is set; returns whether it did. OpenMP reads the variable once, when torch loads it."""
+    env = os.environ if environ is None else environ
+    if "torch" in sys.modules or env.get("OMP_WAIT_POLICY") or env.get("GOMP_SPINCOUNT"):
+        return False
+    env["OMP_WAIT_POLICY"] = "PASSIVE"
+    return True
+
+
+def configure(requested: int | str | None = None,
+              environ: MutableMapping[str, str] | None = None) -> ThreadChoice:
     """Applies :func:`choose_threads` to this process; call it once, early (the CLI does, before any work).
 
-    Before torch is imported it sets ``OMP_NUM_THREADS`` (when unset) and ``OMP_WAIT_POLICY=PASSIVE`` (when unset),
-    which PyTorch's OpenMP runtime reads when it loads; once torch is imported it calls ``torch.set_num_threads``.
-    onnxruntime sessions follow ``torch.get_num_threads()`` (:func:`sclzoo.zoo.onnx_export.onnx_session`).
+    Before torch is imported it sets ``OMP_NUM_THREADS`` (unless that is the source of the count) and
+    :func:`passive_openmp`, which PyTorch's OpenMP runtime reads when it loads; once torch is imported it calls
+    ``torch.set_num_threads``. onnxruntime sessions follow ``torch.get_num_threads()``
+    (:func:`sclzoo.zoo.onnx_export.onnx_session`).
     """
     env = os.environ if environ is None else environ
     choice = choose_threads(requested, env)
@@ -146,7 +163,7 @@ def configure(requested: int | str | None = None, environ: dict[str, str] | None
     if torch is None:
         if choice.source != "OMP_NUM_THREADS":
             env["OMP_NUM_THREADS"] = str(choice.n)
-        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        passive_openmp(env)
     else:
         torch.set_num_threads(choice.n)
     return choice

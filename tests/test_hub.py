@@ -27,6 +27,7 @@ from huggingface_hub import HfApi
 import sclzoo
 from sclzoo.errors import ConfigError, HubError, ModelLoadError, ModelNotFoundError
 from sclzoo.evaluator.cli import main
+from sclzoo.zoo.hub import resolve_model
 from sclzoo.zoo.publish import PublishResult, publish
 
 CE_REPO = "sclzoo-test/ce-mnist"
@@ -372,3 +373,103 @@ def test_publish_unreachable_endpoint(monkeypatch: pytest.MonkeyPatch, ce_folder
     with pytest.raises(HubError, match=r"cannot reach the Hub at http://127\.0\.0\.1:\d+ .*check the network or "
                                        r"HF_ENDPOINT"):
         publish(ce_folder, "sclzoo-test/nowhere")
+
+
+# ------------------------------------------------------------------------------------ a user's timm model (any)
+def test_design_card_command_on_a_plain_timm_resnet18(hub: HubServer, tmp_path: Path) -> None:
+    """`sclzoo evaluate --model user/supcon-resnet18 --dataset imagefolder:<PNGs>`: a ResNet-18 written by timm's
+    own save function (random init, 10 classes, 32×32, nothing of sclzoo in its config), served by the Hub."""
+    import timm
+    from test_any_model import png_folder
+    from timm.models import save_for_hf
+
+    torch.manual_seed(0)
+    net = timm.create_model("resnet18", num_classes=10, pretrained=False).eval()
+    repo = tmp_path / "r18"
+    save_for_hf(net, repo, data_config={"input_size": (3, 32, 32)}, safe_serialization=True)
+    assert "sclzoo" not in json.loads((repo / "config.json").read_text())
+    (repo / "pytorch_model.bin").write_bytes(b"\x80\x04never downloaded")  # a pickle beside it is never fetched
+    hub.mirror.commit_folder("user/supcon-resnet18", repo)
+    images = png_folder(tmp_path / "pngs", classes=tuple(range(10)), per_class=1, size=28)
+    out = tmp_path / "results"
+    env = _sub_env(tmp_path / "hf", hub.url)
+    proc = _sclzoo(["evaluate", "--model", "user/supcon-resnet18", "--dataset", f"imagefolder:{images}",
+                    "--n-samples", "4", "--methods", "saliency,gradcam", "--metrics", "sparseness", "--quiet",
+                    "--out", str(out)], env, tmp_path)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    assert "accuracy" in stdout and "pngs all images" in stdout, stdout
+    doc = _result_json(out)
+    assert doc["model"]["id"] == "user/supcon-resnet18" and doc["model"]["architecture"] == "resnet18"
+    assert doc["run"]["gradcam_layer"] == "model.layer4"
+    assert doc["config"]["preprocess"]["source_size"] == [1, 28, 28]
+    cached = list((tmp_path / "hf" / "hub").rglob("*.bin"))
+    assert not cached, cached
+    result_file = next(p for p in out.rglob("*.json"))
+    assert main_code(["validate", str(result_file)]) == 0
+    # next to the bundled zoo's committed results: its own row (its config differs), the page says how
+    lb_in = tmp_path / "lb_in"
+    shutil.copytree(REPO_ROOT / "leaderboard" / "results", lb_in)
+    shutil.copytree(out, lb_in, dirs_exist_ok=True)
+    assert main_code(["leaderboard", str(lb_in), "--out", str(tmp_path / "lb")]) == 0
+    board = json.loads((tmp_path / "lb" / "leaderboard.json").read_text())
+    text = json.dumps(board)
+    assert "user/supcon-resnet18" in text and "local/resnet8_cifar.ce_mnist5k" in text
+
+
+def main_code(args: list[str]) -> int:
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    return int(e.value.code or 0)
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _silent_server(status: int | None) -> tuple[Any, str]:
+    """A loopback HTTP server that answers every request with ``status``, or accepts and never answers (None)."""
+    import socket
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    if status is None:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(16)
+        return sock, f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(status)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        do_HEAD = do_GET  # noqa: N815
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+@pytest.mark.parametrize(("status", "match"), [
+    (None, r"cannot reach the Hub at .* to fetch 'org/hung' \(.*timed out after 2 s|no answer within 2 s"),
+    (500, r"answered HTTP 500 for 'org/hung' \(a server error, not a network problem\)"),
+])
+def test_hung_or_failing_hub_is_one_clear_error(status: int | None, match: str, monkeypatch: pytest.MonkeyPatch
+                                                ) -> None:
+    import time
+
+    server, url = _silent_server(status)
+    try:
+        _patch_endpoint(monkeypatch, url)
+        monkeypatch.setenv("SCLZOO_HUB_TIMEOUT", "2")
+        t0 = time.monotonic()
+        with pytest.raises(HubError, match=match):
+            resolve_model("org/hung")
+        assert time.monotonic() - t0 < 60
+    finally:
+        (server.close if status is None else server.shutdown)()

@@ -124,6 +124,41 @@ def test_html_is_static_and_complete(built: tuple[Path, Path]) -> None:
     assert "SCL beats CL" in html
 
 
+def test_html_leads_with_the_claim_check(built: tuple[Path, Path]) -> None:
+    html = (built[0] / "index.html").read_text()
+    assert html.index('id="claim-check"') < html.index('<section class="group"') < html.index('id="compare"')
+    assert html.count('<tr class="claim-row"') == 3  # SupCon vs SimCLR, CE vs SupCon, CE vs SimCLR
+    assert "“SCL beats CL” holds in faithfulness, complexity" in html
+    assert html.count('<div class="scroll" role="region" tabindex="0"') == html.count("<table ")  # all framed
+
+
+def test_summary_prints_the_claim_check_in_a_dozen_lines(built: tuple[Path, Path],
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from sclzoo.evaluator.compare import PAIR_ORDER
+    from sclzoo.evaluator.summary import CLAIM_PAIRS, main, summary_lines
+
+    assert CLAIM_PAIRS == PAIR_ORDER
+    lines = summary_lines(built[0])
+    assert len(lines) <= 12
+    assert lines[0].startswith("Claim check: paired Wilcoxon tests, Holm per metric family, α = 0.05")
+    assert "  SupCon vs SimCLR  faithfulness 4/0/0  complexity 4/0/0" in lines
+    assert any("“SCL beats CL” holds in faithfulness, complexity" in line for line in lines)
+    assert lines[-1] == f"Page: {built[0] / 'index.html'} · tables: {built[0] / 'LEADERBOARD.md'}"
+    assert main([str(built[0])]) == 0 and capsys.readouterr().out.splitlines() == lines
+    assert main([str(built[0] / "img")]) == 1 and "no compare.json" in capsys.readouterr().err
+
+
+def test_gallery_shows_labels_predictions_and_a_colour_bar() -> None:
+    from sclzoo.evaluator.plots import maps_gallery
+
+    rng = np.random.default_rng(0)
+    images, maps = rng.random((3, 1, 8, 8)), rng.normal(size=(3, 8, 8))
+    with_preds = maps_gallery(images, [("CE · saliency", maps, [1, 2, 0])], [5, 6, 7], labels=[1, 2, 3])
+    assert with_preds == maps_gallery(images, [("CE · saliency", maps, [1, 2, 0])], [5, 6, 7], labels=[1, 2, 3])
+    plain = maps_gallery(images, [("CE · saliency", maps)], [5, 6, 7])  # what results without labels give
+    assert plain != with_preds and plain.startswith(b"\x89PNG")
+
+
 def test_stale_figures_are_removed(built: tuple[Path, Path]) -> None:
     assert not (built[0] / "img" / "old_group_ranks.png").exists()
 

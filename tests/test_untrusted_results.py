@@ -292,12 +292,12 @@ def test_empty_or_metaless_checkpoint_is_absent_and_temp_files_go(tmp_path: Path
     keep.write_bytes(b"x")
     # Neither a plain rerun nor --resume is blocked: the folder is treated as absent.
     assert _checkpointing(path, META, IDS, resume=True, force=False, info=DistInfo())[0] == {}
-    assert sorted(p.name for p in path.parent.iterdir()) == [keep.name, folder.name]
-    assert [p.name for p in folder.iterdir()] == ["lock"]
+    assert [p.name for p in path.parent.iterdir()] == [keep.name], "the empty checkpoint and the temp files went"
     done, on_batch = _checkpointing(path, META, IDS, resume=False, force=False, info=DistInfo())
-    assert done == {} and on_batch is not None
+    assert done == {} and on_batch is not None and not folder.exists(), "no file before the first batch"
     on_batch(batch(0))
     assert sorted(read_checkpoint(folder, META, IDS)) == [0]
+    assert sorted(p.name for p in folder.iterdir()) == ["batch-00000000.json.gz", "lock", "meta.json"]
 
 
 HOLD = """
@@ -312,13 +312,18 @@ time.sleep(60)
 def test_a_live_run_holds_its_checkpoint(tmp_path: Path) -> None:
     path = _result_path(tmp_path)
     folder = checkpoint_dir(path)
-    write_checkpoint_batch(folder, META, batch(0), IDS[:2])  # the live run has checkpointed a batch
+    # This run starts before the other has checkpointed anything: nothing to see yet ...
+    _, on_batch = _checkpointing(path, META, IDS, resume=False, force=False, info=DistInfo())
+    assert on_batch is not None
     proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder)], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
+        running = rf"already running \(pid {proc.pid}\) and holds .*\.partial'; wait for it to finish"
+        with pytest.raises(ResultError, match=running):  # ... but its first batch finds the other run's lock
+            on_batch(batch(0))
+        write_checkpoint_batch(folder, META, batch(0), IDS[:2])  # the live run checkpoints a batch
         for resume, force in ((False, False), (True, False), (False, True)):
-            with pytest.raises(ResultError, match=rf"already running \(pid {proc.pid}\) and holds .*\.partial'; "
-                                                  "wait for it to finish"):
+            with pytest.raises(ResultError, match=running):
                 _checkpointing(path, META, IDS, resume=resume, force=force, info=DistInfo())
         assert (folder / "batch-00000000.json.gz").is_file(), "--force did not discard a live run's checkpoint"
     finally:

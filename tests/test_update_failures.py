@@ -103,3 +103,12 @@ def test_invalid_result_files_are_listed_and_strict_refuses_them(zoo: dict[str, 
                                           "leaderboard was not rebuilt; fix or delete them, or drop --strict"):
         run_update(cfg, strict=True, **kw)
     assert not zoo["out"].exists()
+
+
+def test_update_command_has_the_options(capsys: pytest.CaptureFixture[str]) -> None:
+    from sclzoo.evaluator.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["leaderboard-update", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--strict Fail (exit 1, leaderboard not rebuilt)" in text and "or fails to evaluate" in text

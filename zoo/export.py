@@ -40,14 +40,23 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def git_revision() -> str:
-    """The sclzoo source tree's git commit (with ``-dirty`` when modified), or ``unknown``."""
-    root = Path(__file__).resolve().parent.parent
+# Tracked folders sclzoo itself writes (leaderboard pages and results, exported zoo repos: each identified by its own
+# hashes in a result) and Markdown: changes there do not change what the code computes, so they do not make a run
+# "-dirty" (otherwise the second model of `make zoo` or `make leaderboard` records the first one's new files).
+NOT_SOURCE = (":(exclude)leaderboard", ":(exclude)zoo/models", ":(exclude,glob)**/*.md")
+
+
+def git_revision(root: str | Path | None = None) -> str:
+    """The sclzoo source tree's git commit, with ``-dirty`` when a tracked source file is modified, or ``unknown``.
+
+    Untracked and ignored files never count, nor do the outputs in :data:`NOT_SOURCE`.
+    """
+    root = Path(__file__).resolve().parent.parent if root is None else Path(root)
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                              timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *NOT_SOURCE],
+                               cwd=root, capture_output=True, text=True, timeout=5).stdout.strip()
         return rev + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"

@@ -352,7 +352,8 @@ def _hub(ref: str, repo_id: str, revision: str | None) -> ResolvedModel:
                                  "a timm or sclzoo repo")
         parse_config(_read_json(folder / "config.json", repo_id), repo_id)
         return ResolvedModel(ref, repo_id, folder, "hub", rev, folder.name)
-    info = _hub_call(repo_id, rev, lambda: HfApi().model_info(repo_id, revision=rev))
+    t = hub_timeout()
+    info = _hub_call(repo_id, rev, lambda: HfApi().model_info(repo_id, revision=rev, timeout=t))
     commit = str(info.sha or "")
     files = [s.rfilename for s in (info.siblings or [])]
     if not re.fullmatch(r"[0-9a-f]{40}", commit):
@@ -370,14 +371,14 @@ def _hub(ref: str, repo_id: str, revision: str | None) -> ResolvedModel:
                              "safetensors weights")
     # by revision (not commit), so the cache records the ref and HF_HUB_OFFLINE=1 finds it later
     cfg_file = Path(_hub_call(repo_id, rev, lambda: hf_hub_download(repo_id, "config.json", revision=rev,
-                                                                     repo_type="model")))
+                                                                     repo_type="model", etag_timeout=t)))
     folder = cfg_file.parent  # snapshot folders are named by the commit they hold
     commit = folder.name
     cfg = parse_config(_read_json(cfg_file, repo_id), repo_id)
     listed = sorted(cfg.get("sclzoo", {}).get("files_sha256", {}))
     patterns = sorted({"config.json", "model.safetensors", *listed})
     _hub_call(repo_id, rev, lambda: snapshot_download(repo_id, revision=commit, repo_type="model",
-                                                      allow_patterns=patterns))
+                                                      allow_patterns=patterns, etag_timeout=t))
     return ResolvedModel(ref, repo_id, folder, "hub", rev, commit)
 
 
