@@ -53,7 +53,7 @@ from sclzoo.evaluator.runner import (
 )
 from sclzoo.zoo.distributed import DistInfo, barrier, init_distributed, shutdown
 
-__all__ = ["Result", "evaluate", "build_config", "explain"]
+__all__ = ["Result", "EvalPlan", "evaluate", "build_config", "explain", "plan"]
 
 
 @dataclass
@@ -164,29 +164,16 @@ def evaluate(
     cfg = build_config(config, preset, config_file, **kwargs)
     methods, metrics = resolve_specs(cfg)  # fail on bad names before any download
     dev = resolve_device(cfg.device)
-    if data is not None and cfg.dataset is not None:
-        raise ConfigError("pass the dataset once: data= or dataset=, not both")
-    resolved, loaded, dplan = _model_and_data(
-        model, revision, data if data is not None else cfg.dataset, cfg.split, target=cfg.target,
-        model_id=model_id, preprocess=preprocess, weights=weights, num_classes=num_classes, in_chans=in_chans,
-        class_map=class_map)
-    ds, dataset_id = dplan.data, dplan.dataset_id
-    if cfg.n_samples > len(ds):
-        raise ConfigError(f"--n-samples {cfg.n_samples} is larger than the {dplan.split} split of "
-                          f"{dplan.dataset_ref or dataset_id!r} ({len(ds)} images); pass --n-samples {len(ds)} or less")
-    positions = select_samples(ds.labels, cfg.n_samples, cfg.selection, cfg.seed)
-    images, labels, ids = ds.images[positions], dplan.labels[positions], ds.indices[positions]
-    indices_sha = hashlib.sha256(np.asarray(ids.numpy(), dtype="<i8").tobytes()).hexdigest()
-    batch_auto = cfg.batch_size == "auto"
-    if batch_auto:
+    ep = plan(model, cfg, device=dev, revision=revision, data=data, model_id=model_id, preprocess=preprocess,
+              weights=weights, num_classes=num_classes, in_chans=in_chans, class_map=class_map)
+    resolved, loaded, dplan = ep.resolved, ep.loaded, ep.data
+    images, labels, ids, indices_sha, canonical = ep.images, ep.labels, ep.ids, ep.indices_sha, ep.canonical
+    config_hash = ep.config_hash
+    if cfg.batch_size == "auto":
         from sclzoo.evaluator.runner import auto_batch_size
 
         cfg = cfg.replace(batch_size=auto_batch_size(loaded.model, images, methods, dev))
-    canonical = cfg.canonical({"dataset": dataset_id, "methods": methods, "metrics": metrics, "device": dev.type,
-                               "split": dplan.split, "indices_sha256": indices_sha,
-                               "preprocess": dplan.preprocess, "class_map": dplan.class_map})
-    canonical["batch_size_auto"] = batch_auto
-    config_hash = EvalConfig.hash_of(canonical)
+        canonical = {**canonical, "batch_size": cfg.batch_size}  # execution only: the hash is unchanged
     path = result_path(out, resolved.repo_id, resolved.commit_sha, config_hash) if out is not None else None
     if path is not None and path.is_file() and not force:  # under torchrun every process returns here
         return Result(read_result(path), path, reused=True, is_main=os.environ.get("RANK", "0") == "0")
@@ -204,7 +191,7 @@ def evaluate(
                 "indices_sha256": indices_sha, "batch_size": cfg.batch_size, "methods": list(methods),
                 "metrics": list(metrics)}
         done, on_batch = _checkpointing(path, meta, ids.numpy(), resume=resume, force=force, info=info)
-        job = _Job(cfg, loaded, resolved, dplan, images, labels, ids, methods, canonical, config_hash,
+        job = _Job(cfg, loaded, resolved, dplan, images, labels, ids, ep.methods, canonical, config_hash,
                    indices_sha, path)
         return _run(job, dev, info, done, on_batch, progress=progress, command=command,
                     provenance_source=provenance_source)
@@ -364,8 +351,9 @@ def _model_and_data(model: Any, revision: str | None, dataset: Any, split: str |
             loaded = module_data_config(loaded, probe.input_size, preprocess)
         dc = loaded.data_config
         data = load_dataset(ref, split, prep=dc)
-        src_size = _source_size(ref, split, data)
-    assert dc is not None  # set above for every source
+        src_size = _source_size(str(ref), split, data)
+    if dc is None:  # every branch above sets it; a clear error rather than an AttributeError if one did not
+        raise ModelLoadError(f"{resolved.repo_id!r} has no input size; pass preprocess={{'input_size': (C, H, W)}}")
     k, names = loaded.num_classes, tuple(data.label_names)
     content = content_sha256(data.images, data.labels, names)
     is_registered = not tensors and not str(ref).startswith("imagefolder:")
@@ -426,6 +414,58 @@ def _source_size(ref: str, split: str, data: Any) -> tuple[int, int, int]:
             with Image.open(f) as im:
                 return (1 if im.mode in ("L", "1", "I", "I;16", "F") else 3), im.height, im.width
     return data.input_size
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    """Everything an evaluation resolves before computing: model, images, canonical config, its hash."""
+
+    resolved: Any  # zoo.hub.ResolvedModel
+    loaded: Any  # zoo.hub.LoadedModel
+    data: DataPlan
+    methods: dict[str, dict[str, Any]]
+    metrics: dict[str, dict[str, Any]]
+    images: torch.Tensor  # (N, C, H, W) evaluated images at the model's input
+    labels: torch.Tensor  # (N,) in the model's logit space when DataPlan.labels_match
+    ids: torch.Tensor  # (N,) sample ids
+    indices_sha: str
+    canonical: dict[str, Any]
+    config_hash: str
+
+
+def plan(model: Any, cfg: EvalConfig, *, device: torch.device | None = None, revision: str | None = None,
+         data: Any = None, model_id: str | None = None, preprocess: dict[str, Any] | None = None,
+         weights: str | Path | None = None, num_classes: int | None = None, in_chans: int | None = None,
+         class_map: str | Path | dict[str, int] | None = None) -> EvalPlan:
+    """The one evaluation plan, shared by :func:`evaluate` and ``leaderboard-update``: resolves and loads the
+    model and its data, picks the images, and builds the canonical config and its hash (computes nothing).
+
+    Raises:
+        ConfigError: the dataset is given twice, or ``n_samples`` exceeds the split; see :func:`_model_and_data`.
+    """
+    methods, metrics = resolve_specs(cfg)
+    if data is not None and cfg.dataset is not None:
+        raise ConfigError("pass the dataset once: data= or dataset=, not both")
+    resolved, loaded, dplan = _model_and_data(
+        model, revision, data if data is not None else cfg.dataset, cfg.split, target=cfg.target,
+        model_id=model_id, preprocess=preprocess, weights=weights, num_classes=num_classes, in_chans=in_chans,
+        class_map=class_map)
+    ds, dataset_id = dplan.data, dplan.dataset_id
+    if cfg.n_samples > len(ds):
+        raise ConfigError(f"--n-samples {cfg.n_samples} is larger than the {dplan.split} split of "
+                          f"{dplan.dataset_ref or dataset_id!r} ({len(ds)} images); pass --n-samples {len(ds)} or less")
+    positions = select_samples(ds.labels, cfg.n_samples, cfg.selection, cfg.seed)
+    images, labels, ids = ds.images[positions], dplan.labels[positions], ds.indices[positions]
+    indices_sha = hashlib.sha256(np.asarray(ids.numpy(), dtype="<i8").tobytes()).hexdigest()
+    resolved_cfg: dict[str, Any] = {"dataset": dataset_id, "methods": methods, "metrics": metrics,
+                                    "split": dplan.split, "indices_sha256": indices_sha,
+                                    "preprocess": dplan.preprocess, "class_map": dplan.class_map}
+    if device is not None:
+        resolved_cfg["device"] = device.type
+    canonical = cfg.canonical(resolved_cfg)
+    canonical["batch_size_auto"] = cfg.batch_size == "auto"
+    return EvalPlan(resolved, loaded, dplan, methods, metrics, images, labels, ids, indices_sha, canonical,
+                    EvalConfig.hash_of(canonical))
 
 
 def _checkpointing(path: Path | None, meta: dict[str, Any], ids: np.ndarray, *, resume: bool, force: bool,

@@ -9,7 +9,6 @@ whole folder. ``make leaderboard`` and the CI leaderboard job run it; so does ``
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -75,40 +74,12 @@ def load_registry(path: str | Path | None = None) -> list[RegistryEntry]:
 
 
 def predict_config_hash(cfg: EvalConfig, model_dir: Path) -> str:
-    """The config hash ``evaluate`` will compute for a model folder, without loading weights or running anything.
-
-    Mirrors :func:`sclzoo.evaluator.api.evaluate`: the dataset is the config's or the model's own (``config.json``
-    → ``sclzoo.train_dataset.id``), the evaluated images are picked from the split by ``select_samples`` and their
-    indices hash enters the canonical config; execution-only settings (device, batch size, runtime) do not enter
-    the hash. ``run_update`` warns when the hash ``evaluate`` writes differs, and the tests check they agree.
+    """The config hash ``evaluate`` will compute for a model folder: the same plan
+    (:func:`sclzoo.evaluator.api.plan`: model, data, preprocessing, images, canonical config), nothing computed.
     """
-    import hashlib
+    from sclzoo.evaluator.api import plan
 
-    import numpy as np
-
-    from sclzoo.evaluator.runner import resolve_specs, select_samples
-    from sclzoo.zoo.data import default_split, load_dataset
-
-    methods, metrics = resolve_specs(cfg)
-    dataset = cfg.dataset
-    if dataset is None:
-        try:
-            model_cfg = json.loads((model_dir / "config.json").read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise ResultError(f"cannot read {model_dir / 'config.json'} ({e}); re-export or re-download the "
-                              "model") from None
-        dataset = model_cfg.get("sclzoo", {}).get("train_dataset", {}).get("id")
-        if not dataset:
-            raise ConfigError(f"model {str(model_dir)!r} does not name its dataset; set `dataset` in --config")
-    split = cfg.split or default_split(dataset)
-    data = load_dataset(dataset, split)
-    if cfg.n_samples > len(data):
-        raise ConfigError(f"n_samples {cfg.n_samples} is larger than the {split} split of {dataset!r} "
-                          f"({len(data)} images); lower n_samples in the evaluation config")
-    ids = data.indices[select_samples(data.labels, cfg.n_samples, cfg.selection, cfg.seed)]
-    indices_sha = hashlib.sha256(np.asarray(ids.numpy(), dtype="<i8").tobytes()).hexdigest()
-    return EvalConfig.hash_of(cfg.canonical({"dataset": dataset, "methods": methods, "metrics": metrics,
-                                             "split": split, "indices_sha256": indices_sha}))
+    return plan(f"local-dir:{model_dir}", cfg).config_hash
 
 
 @dataclass(frozen=True)

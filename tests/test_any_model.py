@@ -250,3 +250,49 @@ def test_non_utf8_config_file_is_one_line(bundled: dict[str, Path], tmp_path: Pa
     code = _cli(["evaluate", "--model", str(bundled["ce"]), "--config", str(tmp_path / "eval.toml")], capsys)
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1 and "eval.toml" in err, err
+
+
+def test_transformers_image_classifier_with_its_image_processor(tmp_path: Path) -> None:
+    """A tiny randomly initialised transformers ResNet saved by save_pretrained, with a ViT image processor."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=3,
+                                    num_channels=3)
+    net = transformers.ResNetForImageClassification(cfg).eval()
+    repo = tmp_path / "hf"
+    net.save_pretrained(repo)
+    proc = transformers.ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.4, 0.5, 0.6],
+                                          image_std=[0.2, 0.25, 0.3])
+    proc.save_pretrained(repo)
+    folder = png_folder(tmp_path / "imgs", mode="RGB", size=40)
+    res = evaluate(str(repo), dataset=f"imagefolder:{folder}", out=tmp_path / "o",
+                   **{**FAST, "methods": ["saliency", "gradcam"]})
+    assert res.data["model"]["architecture"] == "transformers:ResNetForImageClassification"
+    assert res.data["config"]["preprocess"]["input_size"] == [3, 32, 32]
+    # logits match transformers' own pipeline (its processor on the same PNGs, then the model)
+    loaded = load_model(resolve_model(str(repo)))
+    data = load_dataset(f"imagefolder:{folder}", "all", prep=loaded.data_config)
+    files = sorted(folder.rglob("*.png"))
+    pixel = proc(images=[Image.open(f).convert("RGB") for f in files], return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        ref = net(pixel_values=pixel).logits
+        ours = loaded.model(data.images)
+    # 7e-4 here: the processor resizes through PIL then rescales; timm resizes 8-bit images the same way, but
+    # rounds differently (timm-format models match their pipeline to 1e-5, see above)
+    assert torch.allclose(ours, ref, atol=2e-3), float((ours - ref).abs().max())
+    (repo / "config.json").write_text(json.dumps({**json.loads((repo / "config.json").read_text()),
+                                                  "auto_map": {"AutoModel": "x.Y"}}))
+    with pytest.raises(ModelLoadError, match=r"names custom code \(auto_map\)"):
+        load_model(resolve_model(str(repo)))
+
+
+def test_mixed_sizes_and_modes_in_one_folder_are_resized(r18: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    root = png_folder(tmp_path / "mixed", size=20, mode="L")
+    Image.new("RGBA", (50, 30), (255, 0, 0, 128)).save(root / "1" / "zz_rgba.png")
+    Image.new("P", (12, 64)).save(root / "2" / "zz_palette.png")
+    loaded = load_model(resolve_model(str(r18)))
+    data = load_dataset(f"imagefolder:{root}", "all", prep=loaded.data_config)
+    assert tuple(data.images.shape) == (11, 3, 32, 32) and data.label_names == ("0", "1", "2")
+    assert _cli(["ls", "datasets", "--json"], capsys) == 0
+    assert "imagefolder:PATH" in capsys.readouterr().out

@@ -72,9 +72,9 @@ def test_second_run_evaluates_nothing_and_a_new_revision_only_itself(zoo: dict[s
     second = run_update(cfg, **kw)
     assert calls == [] and [p.status for p in second.planned] == ["up-to-date", "up-to-date"]
 
-    # A new revision of the SupCon copy (any tracked file changes its local commit sha): only it is evaluated.
-    tj = zoo["supcon"] / "training.json"
-    tj.write_text(tj.read_text().rstrip() + "\n\n")
+    # A new revision of the SupCon copy (any new or changed file changes its local commit sha; a changed file
+    # listed in files_sha256 would fail verification instead): only it is evaluated.
+    (zoo["supcon"] / "NOTES.txt").write_text("a new file in the repo\n")
     third = run_update(cfg, **kw)
     assert calls == ["resnet8_cifar.supcon_mnist5k"]
     assert [p.status for p in third.planned] == ["up-to-date", "todo"]

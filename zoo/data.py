@@ -271,13 +271,13 @@ def _read_folder(root: Path, classes: Sequence[str], prep: DataConfig | None
             if f.suffix.lower() not in IMAGE_SUFFIXES or f.name.startswith("."):
                 continue
             try:
-                with Image.open(f) as im:
-                    im.load()
-                    im = im.convert(mode)
-                    if transform is not None:
-                        arr = transform(im).numpy().astype(np.float32)
-                    else:
-                        arr = (np.asarray(im, dtype=np.float32) / 255.0).transpose(2, 0, 1)
+                with Image.open(f) as opened:
+                    opened.load()
+                    im = opened.convert(mode)
+                if transform is not None:
+                    arr = transform(im).numpy().astype(np.float32)
+                else:
+                    arr = (np.asarray(im, dtype=np.float32) / 255.0).transpose(2, 0, 1)
             except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
                 raise DatasetError(f"cannot read image {str(f)!r} ({type(e).__name__}: {e}); remove or replace "
                                    "it") from None

@@ -45,6 +45,7 @@ from torch import nn
 
 from sclzoo.errors import ConfigError, HubError, ModelLoadError, ModelNotFoundError
 from sclzoo.tomlfile import read_toml
+from sclzoo.zoo.hf_transformers import is_transformers_config
 from sclzoo.zoo.preprocess import DataConfig, PixelModel
 
 __all__ = ["ResolvedModel", "LoadedModel", "resolve_model", "load_model", "from_module", "registry_entries",
@@ -350,7 +351,9 @@ def _hub(ref: str, repo_id: str, revision: str | None) -> ResolvedModel:
         if not (folder / "config.json").is_file():
             raise ModelLoadError(f"{repo_id!r} (revision {rev!r}) has no config.json in the Hub cache; it is not "
                                  "a timm or sclzoo repo")
-        parse_config(_read_json(folder / "config.json", repo_id), repo_id)
+        raw = _read_json(folder / "config.json", repo_id)
+        if not is_transformers_config(raw):
+            parse_config(raw, repo_id)
         return ResolvedModel(ref, repo_id, folder, "hub", rev, folder.name)
     t = hub_timeout()
     info = _hub_call(repo_id, rev, lambda: HfApi().model_info(repo_id, revision=rev, timeout=t))
@@ -374,8 +377,11 @@ def _hub(ref: str, repo_id: str, revision: str | None) -> ResolvedModel:
                                                                      repo_type="model", etag_timeout=t)))
     folder = cfg_file.parent  # snapshot folders are named by the commit they hold
     commit = folder.name
-    cfg = parse_config(_read_json(cfg_file, repo_id), repo_id)
-    listed = sorted(cfg.get("sclzoo", {}).get("files_sha256", {}))
+    raw = _read_json(cfg_file, repo_id)
+    if is_transformers_config(raw):
+        listed = ["preprocessor_config.json"]
+    else:
+        listed = sorted(parse_config(raw, repo_id).get("sclzoo", {}).get("files_sha256", {}))
     patterns = sorted({"config.json", "model.safetensors", *listed})
     _hub_call(repo_id, rev, lambda: snapshot_download(repo_id, revision=commit, repo_type="model",
                                                       allow_patterns=patterns, etag_timeout=t))
@@ -487,15 +493,39 @@ def _read_json(path: Path, repo: str) -> dict[str, Any]:
     return cfg
 
 
-def _read_config(path: Path) -> dict[str, Any]:
-    """Reads and validates ``path/config.json`` (see :func:`parse_config`)."""
+def _raw_config(path: Path) -> dict[str, Any]:
+    """``path/config.json`` as a JSON object (size-limited, UTF-8), not yet validated."""
     cfg_path = path / "config.json"
     if not cfg_path.is_file():
         pickles = [f.name for f in path.iterdir() if f.suffix in PICKLE_SUFFIXES]
         extra = f" (it has pickle weights {pickles}, which sclzoo never loads)" if pickles else ""
         raise ModelLoadError(f"model folder {str(path)!r} has no config.json{extra}; export it with `sclzoo export` "
                              "or timm.models.save_for_hf")
-    return parse_config(_read_json(cfg_path, str(path)), str(path))
+    return _read_json(cfg_path, str(path))
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """Reads and validates ``path/config.json`` (see :func:`parse_config`)."""
+    return parse_config(_raw_config(path), str(path))
+
+
+def _load_transformers(resolved: ResolvedModel, raw: dict[str, Any],
+                       preprocess: Mapping[str, Any] | None) -> LoadedModel:
+    """A transformers image classifier (zoo/hf_transformers.py), under the same checks as a timm repo."""
+    from sclzoo.zoo.hf_transformers import load_transformers
+
+    path, repo = resolved.path, resolved.repo_id
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        raise ModelLoadError(f"{repo!r} has no model.safetensors; save it with save_pretrained (safetensors)")
+    shapes = safetensors_header(weights, repo)
+    net, cfg, dc = load_transformers(path, weights, raw, repo, shapes, MAX_PARAMETERS,
+                                     dict(preprocess) if preprocess else None)
+    model = _finish(net, dc)
+    check_logits(model, dc.input_size, cfg["num_classes"], repo)
+    return LoadedModel(model=model, config=cfg, resolved=resolved,
+                       files_sha256={"model.safetensors": sha256_file(weights)}, data_config=dc,
+                       label_names=tuple(cfg["label_names"]))
 
 
 def _check_architecture(arch: Any, where: str) -> str:
@@ -764,7 +794,10 @@ def load_model(resolved: ResolvedModel, verify: bool = True,
     if resolved.config is not None:
         cfg = parse_config(resolved.config, repo)
     else:
-        cfg = _read_config(path)
+        raw = _raw_config(path)
+        if is_transformers_config(raw):
+            return _load_transformers(resolved, raw, preprocess)
+        cfg = parse_config(raw, str(path))
     weights = path / resolved.weights
     if not weights.is_file():
         pickles = sorted(f.name for f in path.iterdir() if f.suffix in PICKLE_SUFFIXES) if path.is_dir() else []
