@@ -53,7 +53,7 @@ from sclzoo.evaluator.runner import (
 )
 from sclzoo.zoo.distributed import DistInfo, barrier, init_distributed, shutdown
 
-__all__ = ["Result", "EvalPlan", "evaluate", "build_config", "explain", "plan"]
+__all__ = ["Result", "EvalPlan", "evaluate", "build_config", "dry_run", "explain", "plan"]
 
 
 @dataclass
@@ -466,6 +466,64 @@ def plan(model: Any, cfg: EvalConfig, *, device: torch.device | None = None, rev
     canonical["batch_size_auto"] = cfg.batch_size == "auto"
     return EvalPlan(resolved, loaded, dplan, methods, metrics, images, labels, ids, indices_sha, canonical,
                     EvalConfig.hash_of(canonical))
+
+
+def dry_run(model: Any, cfg: EvalConfig, *, out: str | Path | None = "results", **plan_kwargs: Any
+            ) -> dict[str, Any]:
+    """What ``evaluate`` would do, without doing it: the resolved model, data, device and config hash, the
+    number of forward passes and explanations, and a wall-time estimate from timing a few images here.
+
+    Args:
+        model: As for :func:`evaluate`.
+        cfg: The evaluation config.
+        out: Results root, to say whether a finished result would be reused.
+        **plan_kwargs: :func:`plan`'s keyword arguments (revision, data, model_id, preprocess, weights, …).
+
+    Raises:
+        The errors of :func:`plan` (unknown model with "did you mean", bad dataset, …).
+    """
+    from sclzoo.evaluator.runner import estimate_cost
+    from sclzoo.zoo.train import resolve_device
+
+    dev = resolve_device(cfg.device)
+    ep = plan(model, cfg, device=dev, **plan_kwargs)
+    cost = estimate_cost(cfg)
+    net = ep.loaded.model.eval().to(dev)
+    x = ep.images[:8].to(dev)
+    target = torch.zeros(len(x), dtype=torch.long, device=dev)
+    with torch.no_grad():
+        net(x)  # warm-up
+        t0 = time.perf_counter()
+        net(x)
+        t_forward = (time.perf_counter() - t0) / len(x)
+    xg = x.clone().requires_grad_(True)
+    t0 = time.perf_counter()
+    net(xg).gather(1, target[:, None]).sum().backward()
+    t_gradient = (time.perf_counter() - t0) / len(x)
+    per_sample_e = cost["explanations"] // max(1, len(ep.methods) * cfg.n_samples)
+    gradients = 0
+    for params in ep.methods.values():  # multi-pass methods: one gradient per step / noise sample
+        passes = next((int(params[k]) for k in ("n_steps", "nt_samples", "n_samples") if params.get(k)), 1)
+        gradients += per_sample_e * cfg.n_samples * passes
+    estimate = cost["forwards"] * t_forward + gradients * t_gradient
+    path = result_path(out, ep.resolved.repo_id, ep.resolved.commit_sha, ep.config_hash) if out else None
+    return {
+        "model": {"ref": ep.resolved.ref, "id": ep.resolved.repo_id, "source": ep.resolved.source,
+                  "commit_sha": ep.resolved.commit_sha, "architecture": ep.loaded.config["architecture"],
+                  "input_size": list(ep.loaded.input_size)},
+        "dataset": {"id": ep.data.dataset_id, "ref": ep.data.dataset_ref, "split": ep.data.split,
+                    "n_total": len(ep.data.data), "labels_match_model": ep.data.labels_match},
+        "device": str(dev),
+        "config_hash": ep.config_hash,
+        "config": ep.canonical,
+        "result": {"path": str(path) if path else None,
+                   "exists": bool(path and path.is_file()), "reused_unless_force": bool(path and path.is_file())},
+        "cost": {**cost, "gradient_passes": gradients},
+        "estimate": {"seconds": round(estimate, 1), "forward_s_per_image": round(t_forward, 6),
+                     "gradient_s_per_image": round(t_gradient, 6),
+                     "how": f"rough: one forward and one gradient timed on {len(x)} images on {dev}, times the "
+                            "counts above (metric and framework overheads come on top)"},
+    }
 
 
 def _checkpointing(path: Path | None, meta: dict[str, Any], ids: np.ndarray, *, resume: bool, force: bool,

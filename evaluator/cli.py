@@ -297,7 +297,9 @@ Examples:
 @click.option("--force", is_flag=True,
               help="Recompute even if this (model commit, config) has a result; discard a checkpoint.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint (<hash>.partial/).")
-@click.option("--dry-run", is_flag=True, help="Print the resolved config and its cost; run nothing.")
+@click.option("--dry-run", is_flag=True,
+              help="Resolve the model, data and device; print the config, its hash, the forward/explanation counts "
+                   "and an estimated wall time (from timing a few images); run nothing else.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def evaluate_cmd(model_ref: str, revision: str | None, weights: str | None, num_classes: int | None,
                  in_chans: str | None, model_id: str | None, class_map: str | None, input_size: str | None,
@@ -333,13 +335,13 @@ def evaluate_cmd(model_ref: str, revision: str | None, weights: str | None, num_
         preprocess["mean"] = _numbers(norm_mean, "--mean", float)
     if norm_std is not None:
         preprocess["std"] = _numbers(norm_std, "--std", float)
-    if dry_run:
-        from sclzoo.evaluator.runner import estimate_cost, resolve_specs
+    if dry_run:  # resolves the model, data and device, times a few images; computes nothing else
+        from sclzoo.evaluator.api import dry_run as plan_only
 
-        methods_p, metrics_p = resolve_specs(cfg)
-        click.echo(json.dumps({"model": model_ref, "config": cfg.canonical(
-            {"dataset": cfg.dataset or "<model's dataset>", "methods": methods_p, "metrics": metrics_p}),
-            "cost": estimate_cost(cfg)}, indent=2, default=str))
+        click.echo(json.dumps(plan_only(model_ref, cfg, out=out_dir, revision=revision, weights=weights,
+                                        num_classes=num_classes, in_chans=int(in_chans) if in_chans else None,
+                                        model_id=model_id, class_map=class_map, preprocess=preprocess or None),
+                              indent=2, default=str))
         return
     try:
         res = evaluate(model_ref, revision=revision, out=out_dir, config=cfg, force=force, resume=resume,

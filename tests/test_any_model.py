@@ -296,3 +296,18 @@ def test_mixed_sizes_and_modes_in_one_folder_are_resized(r18: Path, tmp_path: Pa
     assert tuple(data.images.shape) == (11, 3, 32, 32) and data.label_names == ("0", "1", "2")
     assert _cli(["ls", "datasets", "--json"], capsys) == 0
     assert "imagefolder:PATH" in capsys.readouterr().out
+
+
+def test_dry_run_resolves_everything_and_predicts_the_hash(r18: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    folder = png_folder(tmp_path / "imgs")
+    args = ["evaluate", "--model", str(r18), "--dataset", f"imagefolder:{folder}", "--n-samples", "4",
+            "--methods", "saliency,integrated_gradients", "--metrics", "sparseness,deletion_auc",
+            "--out", str(tmp_path / "o"), "--quiet"]
+    assert _cli([*args, "--dry-run"], capsys) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["device"] == "cpu" and plan["dataset"]["split"] == "all" and plan["estimate"]["seconds"] > 0
+    assert plan["cost"]["explanations"] > 0 and not plan["result"]["exists"] and not (tmp_path / "o").exists()
+    assert _cli(args, capsys) == 0
+    (doc,) = [json.loads(p.read_text()) for p in (tmp_path / "o").rglob("*.json")]
+    assert doc["config_hash"] == plan["config_hash"]
