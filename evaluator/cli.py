@@ -301,6 +301,8 @@ Examples:
               help="Resolve the model, data and device; print the config, its hash, the forward/explanation counts "
                    "and an estimated wall time (from timing a few images); run nothing else.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads (default: the cores available to this process; SCLZOO_THREADS, OMP_NUM_THREADS).")
 def evaluate_cmd(model_ref: str, revision: str | None, weights: str | None, num_classes: int | None,
                  in_chans: str | None, model_id: str | None, class_map: str | None, input_size: str | None,
                  interpolation: str | None, crop_pct: float | None, crop_mode: str | None, norm_mean: str | None,
@@ -308,7 +310,7 @@ def evaluate_cmd(model_ref: str, revision: str | None, weights: str | None, num_
                  n_samples: int | None, selection: str | None, methods: str | None, metrics: str | None,
                  dataset: str | None, split: str | None, target: str | None, seed: int | None,
                  batch_size: str | None, device: str | None, runtime: str | None, out_dir: str, force: bool,
-                 resume: bool, dry_run: bool, quiet: bool) -> None:
+                 resume: bool, dry_run: bool, quiet: bool, threads: int | None) -> None:
     """Explain a model's predictions and score the explanations; write a result JSON.
 
     The model may be a bundled zoo model, a zoo or timm repo (folder or Hub), or a timm architecture with a
@@ -316,6 +318,11 @@ def evaluate_cmd(model_ref: str, revision: str | None, weights: str | None, num_
     """
     from sclzoo.evaluator.api import build_config, evaluate
     from sclzoo.evaluator.results import check_resume_force
+
+    if threads is not None:
+        from sclzoo.threads import configure as configure_threads
+
+        configure_threads(threads)
 
     check_resume_force(resume, force)
     cfg = build_config(None, preset if preset or config_file else "standard", config_file, n_samples=n_samples,
