@@ -545,8 +545,8 @@ def render_figures(board: dict[str, Any], loaded: list[LoadedResult]) -> dict[st
         figs["ranks"] = plots.rank_heatmap(
             [_plain(f"{r['label']} · {r['method']}") for r in rows],
             [f"{m} {'↑' if info[m]['higher_is_better'] else '↓'}" for m in grp["metrics"]], ranks)
-        gallery_rows: list[tuple[str, np.ndarray]] = []
-        images = sample_ids = None
+        gallery_rows: list[tuple[Any, ...]] = []
+        images = sample_ids = labels = None
         for f, r in members:
             maps = by_file[f].maps
             if maps is None:
@@ -555,11 +555,20 @@ def render_figures(board: dict[str, Any], loaded: list[LoadedResult]) -> dict[st
                 sample_ids = [int(i) for i in maps["sample_ids"][:GALLERY_SAMPLES]]
             if images is None and maps.get("images") is not None:
                 images = maps["images"][:GALLERY_SAMPLES]
+            # labels and predictions come from the per-sample file, when it covers the gallery's images
+            by_id = {s.get("sample_id"): s for s in (by_file[f].samples or []) if isinstance(s, dict)}
+            preds = None
+            if sample_ids and all(i in by_id for i in sample_ids):
+                preds = [by_id[i].get("prediction") for i in sample_ids]
+                if labels is None:
+                    labels = [by_id[i].get("label") for i in sample_ids]
             for method in grp["methods"]:
                 if method in maps["maps"]:
-                    gallery_rows.append((_plain(f"{r['label']} · {method}"), maps["maps"][method][:GALLERY_SAMPLES]))
+                    row_maps = maps["maps"][method][:GALLERY_SAMPLES]
+                    title = _plain(f"{r['label']} · {method}")
+                    gallery_rows.append((title, row_maps, preds) if preds is not None else (title, row_maps))
         if gallery_rows and sample_ids:
-            figs["gallery"] = plots.maps_gallery(images, gallery_rows, sample_ids)
+            figs["gallery"] = plots.maps_gallery(images, gallery_rows, sample_ids, labels)
         out[grp["id"]] = figs
     return out
 
