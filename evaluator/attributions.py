@@ -6,7 +6,7 @@ them). Baselines are in pixel units: 0 is black.
 
 The three random methods (gradient_shap, expected_gradients, smoothgrad) compute the same estimators as captum's
 ``GradientShap`` and ``NoiseTunnel(Saliency)``, but draw each sample's noise, baselines and interpolation
-points from its own generator (:func:`sclzoo.evaluator.metrics.sample_generator`, keyed by seed, method name and
+points from its own generator (:func:`sclzoo.evaluator.seeding.sample_generator`, keyed by seed, method name and
 global sample id): captum draws from the global RNG for the whole batch, which would make a sample's
 attribution depend on its batch neighbours.
 """
@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from sclzoo.errors import ConfigError
 from sclzoo.registry import Registry
 
-from .metrics import per_sample_draws
+from .seeding import per_sample_draws
 
 __all__ = ["METHODS", "MethodSpec", "attribute", "gradcam_layer", "gradcam_layer_name", "method_defaults"]
 

@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 from sclzoo.errors import ConfigError, ModelLoadError
 from sclzoo.evaluator.attributions import METHODS, attribute
 from sclzoo.evaluator.config import EvalConfig
-from sclzoo.evaluator.metrics import METRICS, MetricContext, compute, metric_cost, stable_seed
+from sclzoo.evaluator.metrics import METRICS, MetricContext, compute, metric_cost
+from sclzoo.evaluator.seeding import stable_seed
 
 __all__ = ["auto_batch_size", "choose_batch_size", "BatchResult", "EvalOutput", "resolve_specs", "run_evaluation", "estimate_cost", "batch_starts",
            "shard_batches", "merge_batches", "select_samples", "SELECTIONS"]

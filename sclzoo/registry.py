@@ -7,12 +7,31 @@ in timm's own registry). Names are data: ``sclzoo ls`` prints them.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Generic, TypeVar
 
-from sclzoo.errors import UnknownNameError
+from sclzoo.errors import ConfigError, UnknownNameError
 
 T = TypeVar("T")
+
+
+def check_params(kind: str, name: str, params: Mapping[str, object], allowed: Iterable[str]) -> None:
+    """Raises ConfigError when ``params`` names a parameter that ``kind`` ``name`` does not have.
+
+    Args:
+        kind: What ``name`` is ("metric", "attribution method"), for the message.
+        name: The entry's registry name.
+        params: Given parameters.
+        allowed: The entry's parameter names (its defaults' keys).
+    """
+    allowed = list(allowed)
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        listed = ", ".join(allowed) or "none"
+        raise ConfigError(
+            f"unknown parameter(s) {', '.join(map(repr, unknown))} for {kind} {name!r}; "
+            f"its parameters are: {listed}."
+        )
 
 
 class Registry(Generic[T]):

@@ -23,16 +23,18 @@ libgomp's default on an idle machine). Nothing here imports torch.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from sclzoo.errors import ConfigError
 
-__all__ = ["ThreadChoice", "available_cpus", "cgroup_cpu_limit", "choose_threads", "configure", "passive_openmp"]
+__all__ = ["ThreadChoice", "available_cpus", "cgroup_cpu_limit", "choose_threads", "configure", "passive_openmp",
+           "torch_threads"]
 
 ENV_VAR = "SCLZOO_THREADS"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
@@ -169,3 +171,21 @@ def configure(requested: int | str | None = None,
     else:
         torch.set_num_threads(choice.n)
     return choice
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Runs the block with ``torch.set_num_threads(n)`` and restores the previous count; ``None`` = no change."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n is None or n == before:
+        yield
+        return
+    if n < 1:
+        raise ConfigError(f"forward_threads must be a positive int, got {n!r}")
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

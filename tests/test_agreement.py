@@ -30,14 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from sclzoo.evaluator.attributions import attribute
-from sclzoo.evaluator.metrics import (
-    MetricContext,
-    _flip_curve,
-    _pixel_ranks,
-    compute,
-    metric_defaults,
-    per_sample_draws,
-)
+from sclzoo.evaluator.metrics import MetricContext, compute, metric_defaults, per_sample_draws
+from sclzoo.evaluator.metrics.faithfulness import flip_curve, pixel_ranks
 from sclzoo.zoo.data import load_dataset
 
 # Importing Quantus 0.6.0 works on numpy 2.4; only its AUC helper (utils.calculate_auc) calls np.trapz, which
@@ -192,7 +186,7 @@ def _tie_free(ctx: MetricContext) -> Tensor:
     the two orders may differ inside a tie. This map induces sclzoo's order and has no ties, so both libraries
     flip the same pixels at every step.
     """
-    ranks = _pixel_ranks(ctx)
+    ranks = pixel_ranks(ctx)
     d = ranks.shape[1]
     return (d - ranks).double().view_as(ctx.x)
 
@@ -210,8 +204,8 @@ def test_deletion_curve_equals_quantus_pixel_flipping(
     assert d % steps == 0  # our step k moves ⌊k·D/K⌋ pixels; with K | D that is k·(D/K), Quantus' step size
     order_map = _tie_free(_context(model, batch, maps["saliency"]))
     ctx = _context(model, batch, order_map.float(), batch_size=N_IMAGES * (steps + 1))  # one forward
-    assert torch.equal(_pixel_ranks(ctx), d - order_map.flatten(1).long())  # the tie-free map keeps the order
-    ours = _flip_curve(ctx, steps, 0.0, insert=False).numpy()  # (N, K+1): c_0 = p_y(x), …, c_K
+    assert torch.equal(pixel_ranks(ctx), d - order_map.flatten(1).long())  # the tie-free map keeps the order
+    ours = flip_curve(ctx, steps, 0.0, insert=False).numpy()  # (N, K+1): c_0 = p_y(x), …, c_K
 
     metric = quantus.PixelFlipping(
         features_in_step=d // steps,

@@ -388,14 +388,16 @@ def scores_in_batches(name: str, splits: list[int], batch_size: int) -> Tensor:
 def test_scores_do_not_depend_on_batch_composition_or_size(name: str) -> None:
     full = scores_in_batches(name, [6], batch_size=64)
     assert full.shape == (N,) and full.dtype == torch.float64
+    # Other batch compositions give the model forwards of other sizes, for which oneDNN may pick other conv
+    # kernels: their float32 rounding moves a correlation by up to ~1e-5 on some CPUs. The draws themselves are
+    # per sample and checked exactly by the seeding tests; a draw that depended on the batch would move scores by
+    # far more than this tolerance.
     torch.testing.assert_close(
-        scores_in_batches(name, [1] * 6, batch_size=64), full, rtol=0, atol=1e-6, equal_nan=True
+        scores_in_batches(name, [1] * 6, batch_size=64), full, rtol=0, atol=5e-5, equal_nan=True
     )
     torch.testing.assert_close(
-        scores_in_batches(name, [4, 2], batch_size=3), full, rtol=0, atol=1e-6, equal_nan=True
+        scores_in_batches(name, [4, 2], batch_size=3), full, rtol=0, atol=5e-5, equal_nan=True
     )
-    # Model calls one image at a time: oneDNN picks other conv kernels for batch 1, whose float rounding moves a
-    # correlation by up to ~1e-5 on some CPUs; the draws themselves are per sample (checked exactly above).
     torch.testing.assert_close(
         scores_in_batches(name, [6], batch_size=1), full, rtol=0, atol=5e-5, equal_nan=True
     )
