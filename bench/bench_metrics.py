@@ -83,7 +83,7 @@ def _steps_dividing(d: int, target: int = 32) -> int:
 
 
 def suite_params(h: int, w: int) -> dict[str, dict[str, Any]]:
-    """sclzoo parameters of each suite metric for H×W images (the spec's defaults, K made to divide D)."""
+    """sclzoo parameters of each suite metric for H×W images (registry defaults, K made to divide D)."""
     d = h * w
     return {
         "faithfulness_correlation": {"n_draws": 100, "subset_size": max(1, round(d / 16)), "baseline": 0.0},
@@ -100,9 +100,9 @@ def suite_params(h: int, w: int) -> dict[str, dict[str, Any]]:
 def quantus_metric(name: str, p: dict[str, Any], h: int, w: int) -> tuple[Any, dict[str, Any]]:
     """The Quantus 0.6.0 metric equal to sclzoo's ``name`` with parameters ``p``, and its extra call kwargs.
 
-    The traps of spec/metrics.md §5 handled here: per-sample max-normalisation (``normalise_axes``), a numeric
-    baseline 0 (Quantus' "black" is the sample minimum), ``return_aggregate=False`` (per-sample scores), softmax
-    only where the spec uses p_y.
+    The Quantus traps handled here (docs/protocol.md#reference-implementations): per-sample
+    max-normalisation (``normalise_axes``), a numeric baseline 0 (Quantus' "black" is the sample minimum),
+    ``return_aggregate=False`` (per-sample scores), softmax only where sclzoo uses p_y.
     """
     import quantus
     from quantus.functions.perturb_func import batch_gaussian_noise
@@ -149,7 +149,8 @@ def quantus_metric(name: str, p: dict[str, Any], h: int, w: int) -> tuple[Any, d
     if name == "infidelity":
         if h != w:
             raise SystemExit(f"infidelity: the Quantus equivalent needs square images, got {h}×{w}")
-        # One patch covering the image with element-wise Gaussian noise: the captum/spec estimator
+        # One patch covering the image with element-wise Gaussian noise: the captum/sclzoo estimator
+        # (docs/protocol.md#infidelity)
         # (mean_j (Iᵀa − Δ_j)² with I ~ N(0, σ²)) instead of Quantus' default patch-wise baseline replacement.
         return quantus.Infidelity(
             n_perturb_samples=p["n_perturbations"],

@@ -1,4 +1,4 @@
-"""Result files (artifacts.md §3): aggregation, writing, reading and validation.
+"""Result files (docs/artifacts.md#result-files): aggregation, writing, reading and validation.
 
 A result is ``results/<org>__<name>/<commit_sha>/<config_hash>.json`` with the per-sample scores beside it in
 ``<config_hash>.samples.jsonl.gz``. While a run is in progress its finished batches are checkpointed beside it in

@@ -1,9 +1,10 @@
 """A Hub on loopback for the tests: olah serves git mirrors (reads), a small stand-in takes uploads (writes).
 
 ``huggingface_hub`` talks to one endpoint. That endpoint is the stand-in (:class:`UploadStandIn`): it answers the
-write routes of ``spec/offline-hub.md`` itself — committing into the same git repositories olah serves — and
-forwards every other request to olah unchanged (status, headers and body streamed through). Nothing listens on or
-connects to anything but 127.0.0.1; ``/api/whoami-v2``, which olah would forward upstream, is answered locally.
+write routes listed below itself (docs/testing.md#upload-stand-in) — committing into the same git repositories
+olah serves — and forwards every other request to olah unchanged (status, headers and body streamed through).
+Nothing listens on or connects to anything but 127.0.0.1; ``/api/whoami-v2``, which olah would forward
+upstream, is answered locally.
 
 Typical use (see the session fixture in ``tests/test_hub.py``)::
 
@@ -81,7 +82,7 @@ def free_port() -> int:
 
 
 def ensure_olah_python(venv: Path = OLAH_VENV) -> Path:
-    """The Python of a virtualenv with olah, creating it (``pip install olah``, ~20 s) when missing."""
+    """The Python of a virtualenv with olah, creating it (``pip install olah``) when missing."""
     py = venv / "bin" / "python"
     probe = [str(py), "-c", "import olah.server"]
     if py.is_file() and subprocess.run(probe, capture_output=True).returncode == 0:

@@ -1,4 +1,5 @@
-"""Agreement of sclzoo's metrics with the reference implementations (spec/metrics.md §5).
+"""Agreement of sclzoo's metrics with the reference implementations
+(docs/protocol.md#reference-implementations).
 
 References: Quantus 0.6.0 and ``captum.metrics``, called here only, never copied into sclzoo. Everything runs on
 real 1-channel 28×28 MNIST digits, so a Quantus "feature" is exactly one of our pixels, and on a tiny seeded
@@ -9,12 +10,13 @@ What each test asserts:
 - deterministic metrics (sparseness, complexity, effective_complexity, the deletion curve) equal Quantus's to
   ≤ 1e-5 on the same maps;
 - infidelity and max_sensitivity equal captum's to ≤ 1e-6 (relative) when captum's ``perturb_func`` returns the
-  very draws sclzoo makes (reproduced with the same ``per_sample_draws`` calls and names as evaluator/metrics.py);
+  very draws sclzoo makes (reproduced with the same ``per_sample_draws`` calls and names as
+  evaluator/metrics/);
 - faithfulness_correlation and local_lipschitz_estimate, whose draws Quantus makes from the global
   ``np.random``, agree with Quantus in mean over 16 images within 3 combined standard errors.
 
 Every Quantus/captum setting that differs from the library's default is set on purpose; the comment beside it
-says which trap of §5 (or which convention) it handles.
+says which Quantus trap (docs/protocol.md#reference-implementations) or which convention it handles.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ SEED = 3
 #: Non-trivial global ids, so a test would notice draws keyed by batch position instead of sample id.
 SAMPLE_IDS = torch.arange(100, 100 + N_IMAGES)
 #: Per-sample max-normalisation in Quantus. Its default normalise_by_max divides the whole batch by one
-#: number (trap of §5); the spec scales each sample by its own max.
+#: number (a Quantus trap); sclzoo scales each sample by its own max.
 PER_SAMPLE_MAX = {"normalise_axes": (1, 2, 3)}
 
 
@@ -136,17 +138,17 @@ def _z_paired(ours: np.ndarray, ref: np.ndarray) -> float:
 
 
 def _quantus_complexity(name: str) -> Any:
-    # abs=True: the spec's complexity metrics act on |m| (Quantus applies abs after normalising, and
+    # abs=True: sclzoo's complexity metrics act on |m| (Quantus applies abs after normalising, and
     # |a / max|a|| = |a| / max|a|, so the order does not matter).
-    # normalise=True with per-sample axes (PER_SAMPLE_MAX): the spec scales each map by its own max; Quantus'
-    # default scales the batch by the batch max (trap of §5). Sparseness and EffectiveComplexity depend on it
-    # (the 1e-7 offset and ε act after scaling); Complexity is scale-free, normalised alike for uniformity.
+    # normalise=True with per-sample axes (PER_SAMPLE_MAX): sclzoo scales each map by its own max; Quantus'
+    # default scales the batch by the batch max (a Quantus trap). Sparseness and EffectiveComplexity depend on
+    # it (the 1e-7 offset and ε act after scaling); Complexity is scale-free, normalised alike for uniformity.
     common = {"abs": True, "normalise": True, "normalise_func_kwargs": PER_SAMPLE_MAX, "disable_warnings": True}
     if name == "sparseness":
         return quantus.Sparseness(**common)  # Gini of |m|/max|m| + 1e-7: the 1e-7 is hard-coded in both
     if name == "complexity":
         return quantus.Complexity(**common)  # entropy with the same ln(p + 1e-12), hard-coded in both
-    # Quantus' default ε is 1e-5; the spec's is 1e-2.
+    # Quantus' default ε is 1e-5; sclzoo's is 1e-2 (docs/protocol.md#effective-complexity).
     return quantus.EffectiveComplexity(eps=metric_defaults("effective_complexity")["eps"], **common)
 
 
@@ -209,9 +211,9 @@ def test_deletion_curve_equals_quantus_pixel_flipping(
 
     metric = quantus.PixelFlipping(
         features_in_step=d // steps,
-        abs=False,  # order by the signed map, descending, as the spec (MoRF)
-        normalise=False,  # the order is scale-free; no batch-wide max (trap of §5) to worry about
-        # A number, not "black": Quantus' "black" is each sample's current minimum, not 0 (trap of §5).
+        abs=False,  # order by the signed map, descending, as sclzoo (MoRF)
+        normalise=False,  # the order is scale-free; no batch-wide max (a Quantus trap) to worry about
+        # A number, not "black": Quantus' "black" is each sample's current minimum, not 0 (a Quantus trap).
         # get_baseline_value fills a float as is.
         perturb_baseline=0.0,
         return_auc_per_sample=False,  # the curve itself, one list of K values per sample
@@ -224,7 +226,7 @@ def test_deletion_curve_equals_quantus_pixel_flipping(
             y_batch=_np(target),
             a_batch=_np(order_map),
             channel_first=True,
-            softmax=True,  # PixelFlipping's default: p_y, as the spec's deletion curve (not the logit)
+            softmax=True,  # PixelFlipping's default: p_y, as sclzoo's deletion curve (not the logit)
             batch_size=64,
         ),
         dtype=np.float64,
@@ -237,7 +239,8 @@ def test_deletion_curve_equals_quantus_pixel_flipping(
     np.testing.assert_allclose(ours[:, 0], clean, rtol=0, atol=1e-7)
 
     # Quantus' AUC per sample is np.trapz over c_1..c_K on unit steps, not divided by K. np.trapz is gone in
-    # numpy ≥ 2.4 (trap of §5): patch it for this test only. Then K·deletion_auc = AUC_Quantus + (c_0 + c_1)/2.
+    # numpy ≥ 2.4 (a Quantus trap): patch it for this test only.
+    # Then K·deletion_auc = AUC_Quantus + (c_0 + c_1)/2.
     if not hasattr(np, "trapz"):
         monkeypatch.setattr(np, "trapz", np.trapezoid, raising=False)
     auc_ref = calculate_auc(ref, batched=True)  # what return_auc_per_sample=True returns
@@ -348,7 +351,7 @@ def test_max_sensitivity_equals_captum(
         x,
         perturb_func=perturb,
         n_perturb_samples=n_pert,
-        norm_ord="fro",  # ‖·‖_F over the flattened map, the spec's norm (captum's default)
+        norm_ord="fro",  # ‖·‖_F over the flattened map, sclzoo's norm (captum's default)
         max_examples_per_batch=N_IMAGES if one_draw else None,
         target=target,
     )
@@ -358,7 +361,7 @@ def test_max_sensitivity_equals_captum(
 
 
 def test_max_sensitivity_zero_map_convention_equals_captum(batch: tuple[Tensor, Tensor]) -> None:
-    """‖a(x)‖ = 0 divides by 1 in both (captum's convention, adopted by the spec; Quantus would divide by 0).
+    """‖a(x)‖ = 0 divides by 1 in both (captum's convention, also sclzoo's; Quantus would divide by 0).
 
     The explanation e(x) = x − x_0 (x_0 the first clean image) is exactly zero at sample 0 only.
     """
@@ -407,20 +410,20 @@ def test_faithfulness_correlation_agrees_with_quantus_in_mean(
     a = maps["saliency"]
     defaults = metric_defaults("faithfulness_correlation")
     d = x.shape[-2] * x.shape[-1]
-    subset = round(d / 16)  # the spec's k = round(D_p / 16) = 49
+    subset = round(d / 16)  # sclzoo's k = round(D_p / 16) = 49
     ours = compute("faithfulness_correlation", _context(model, batch, a)).numpy()
 
     metric = quantus.FaithfulnessCorrelation(
         nr_runs=defaults["n_draws"],  # R = 100
         subset_size=subset,  # Quantus' default 224 is meant for 224² images
-        similarity_func=correlation_pearson,  # the spec's Pearson (Quantus' default)
+        similarity_func=correlation_pearson,  # sclzoo's Pearson (Quantus' default)
         abs=False,  # s_r sums the signed map m
-        normalise=False,  # Pearson is scale-free, and the default would scale batch-wide (trap of §5)
-        perturb_baseline=0.0,  # a number: Quantus' "black" is the sample minimum, not 0 (trap of §5)
-        return_aggregate=False,  # per-sample scores; the default returns the batch mean (trap of §5)
+        normalise=False,  # Pearson is scale-free, and the default would scale batch-wide (a Quantus trap)
+        perturb_baseline=0.0,  # a number: Quantus' "black" is the sample minimum, not 0 (a Quantus trap)
+        return_aggregate=False,  # per-sample scores; the default returns the batch mean (a Quantus trap)
         disable_warnings=True,
     )
-    np.random.seed(SEED)  # Quantus has no seed argument and draws from the global np.random (trap of §5)
+    np.random.seed(SEED)  # Quantus has no seed argument and draws from the global np.random (a Quantus trap)
     ref = np.asarray(
         metric(
             model=model,
@@ -428,7 +431,7 @@ def test_faithfulness_correlation_agrees_with_quantus_in_mean(
             y_batch=_np(target),
             a_batch=_np(a.double()),
             channel_first=True,
-            softmax=False,  # Δ on logits f_y, as the spec (Quantus' default here too)
+            softmax=False,  # Δ on logits f_y, as sclzoo (Quantus' default here too)
             batch_size=64,
         ),
         dtype=np.float64,
@@ -455,18 +458,18 @@ def test_local_lipschitz_estimate_agrees_with_quantus_in_mean(
         perturb_mean=0.0,
         perturb_std=defaults["sigma"],  # σ = 0.025 (Quantus' default 0.1)
         # â = a / max|a| per map, for the clean and the perturbed maps; Quantus' default divides by the batch max
-        # (trap of §5). abs=False: the spec compares the signed maps.
+        # (a Quantus trap). abs=False: sclzoo compares the signed maps.
         normalise=True,
         normalise_func_kwargs=PER_SAMPLE_MAX,
         abs=False,
         # Both norms ‖·‖₂ (Quantus' defaults: distance_euclidean over the flattened arrays), eps 1e-10 in both.
         norm_numerator=distance_euclidean,
         norm_denominator=distance_euclidean,
-        return_nan_when_prediction_changes=False,  # the spec keeps every draw
+        return_nan_when_prediction_changes=False,  # sclzoo keeps every draw
         return_aggregate=False,
         disable_warnings=True,
     )
-    np.random.seed(SEED)  # global np.random, no seed argument (trap of §5)
+    np.random.seed(SEED)  # global np.random, no seed argument (a Quantus trap)
     ref = np.asarray(
         metric(
             model=model,

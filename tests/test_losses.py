@@ -18,7 +18,7 @@ def _unit(n: int, v: int, d: int, seed: int = 0) -> torch.Tensor:
 
 
 def _reference(feats: list[list[float]], keys: list[int], tau: float, base_tau: float) -> float:
-    """The spec's L^sup_out written out term by term over a flat list of anchors (plain python)."""
+    """L^sup_out (docs/training.md#supcon) term by term over a flat list of anchors (plain python)."""
     m = len(feats)
     total = 0.0
     for i in range(m):

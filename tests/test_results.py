@@ -1,4 +1,5 @@
-"""Result files: fields of artifacts.md §3, schema validation, aggregation, consistency checks."""
+"""Result files: the fields of docs/artifacts.md#result-schema, schema validation, aggregation, consistency
+checks."""
 
 from __future__ import annotations
 

@@ -150,7 +150,7 @@ class CifarResNet(nn.Module):
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
     def gradcam_layer(self) -> nn.Module:
-        """The layer Grad-CAM explains: the last conv stage (per-architecture choice, see metrics.md §2)."""
+        """The layer Grad-CAM explains: this architecture's last stage (docs/protocol.md#grad-cam)."""
         return self.stages[-1]
 
 
