@@ -14,11 +14,10 @@ The count is chosen, first match wins, from
 Pools must not spin either: onnxruntime sessions are created with ``session.intra_op.allow_spinning = 0``
 (:func:`sclzoo.zoo.onnx_export.onnx_session`), and :func:`passive_openmp` (run when ``sclzoo`` is imported, before
 it imports torch) makes PyTorch's OpenMP workers sleep when idle instead of spinning for milliseconds after every
-parallel region. Measured with ``sclzoo evaluate`` of the bundled CE model (64 images, saliency, integrated
-gradients and Grad-CAM, 8 metrics) on a 2-core VM: alone, 65 s spinning (libgomp's default) vs 72-87 s passive;
-next to a second identical evaluation, 400-420 s spinning vs 187 s passive (half the CPU, about twice the time).
-A user's own ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` is left alone (``GOMP_SPINCOUNT=300000`` restores
-libgomp's default on an idle machine). Nothing here imports torch.
+parallel region: spinning is a little faster on an idle machine and much slower when another job shares the
+cores (measured in README.md, "Development", under "Threads"). A user's own ``OMP_WAIT_POLICY`` or
+``GOMP_SPINCOUNT`` is left alone (``GOMP_SPINCOUNT=300000`` restores libgomp's default on an idle machine).
+Nothing here imports torch.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ def onnx_session(path: str | Path, device: str = "cpu", threads: int | None = No
 
     On the CPU it runs ``threads`` intra-op threads (default: PyTorch's ``torch.get_num_threads()``) that sleep
     instead of spinning between calls: the evaluator alternates onnxruntime forwards with PyTorch work, and
-    spinning onnxruntime threads would take the cores PyTorch's threads need (2× slower on 2 cores).
+    spinning onnxruntime threads would take the cores PyTorch's threads need (measured in README.md, "Speed").
     """
     import onnxruntime as ort
 
