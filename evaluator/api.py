@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +50,7 @@ from sclzoo.evaluator.runner import (
     run_evaluation,
     select_samples,
 )
+from sclzoo.evaluator.seeding import deterministic_algorithms
 from sclzoo.zoo.distributed import DistInfo, barrier, init_distributed, shutdown
 
 __all__ = ["Result", "EvalPlan", "evaluate", "build_config", "dry_run", "explain", "plan"]
@@ -609,7 +609,7 @@ def _run(job: _Job, dev: torch.device, info: DistInfo, done: dict[int, BatchResu
          on_batch: Callable[[BatchResult], None] | None, *, progress: bool, command: str | None,
          provenance_source: str) -> Result:
     """Runs the evaluation (this process's shard), gathers the shards, and writes the result on rank 0."""
-    from sclzoo.evaluator.attributions import gradcam_layer_name
+    from sclzoo.evaluator.attributions import METHODS, gradcam_layer_name
     from sclzoo.zoo.data import load_dataset
     from sclzoo.zoo.train import device_name
 
@@ -618,7 +618,7 @@ def _run(job: _Job, dev: torch.device, info: DistInfo, done: dict[int, BatchResu
     images, labels, ids, methods, path = job.images, job.labels, job.ids, job.methods, job.path
     canonical, config_hash, indices_sha = job.canonical, job.config_hash, job.indices_sha
     baseline_pool = None
-    if "expected_gradients" in methods:
+    if any("baseline_pool" in METHODS.get(m).inputs for m in methods):
         pool_source = data  # tensors and image folders without train/: the evaluated split itself
         if plan.dataset_ref is not None:
             try:
@@ -647,14 +647,14 @@ def _run(job: _Job, dev: torch.device, info: DistInfo, done: dict[int, BatchResu
     started = datetime.now(timezone.utc)
     t0 = time.time()
     deterministic = True
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    output = run_evaluation(runtime.model if runtime else loaded.model, images, labels, ids, cfg, device=dev,
-                            split_images=data.images, split_labels=plan.labels, baseline_pool=baseline_pool,
-                            labels_match=plan.labels_match,
-                            forward_logits=runtime.forward if runtime else None,
-                            forward_threads=runtime.forward_threads if runtime else None,
-                            progress=progress and info.is_main, done_batches=done, on_batch=on_batch,
-                            shard=(info.rank, info.world_size))
+    with deterministic_algorithms():
+        output = run_evaluation(runtime.model if runtime else loaded.model, images, labels, ids, cfg, device=dev,
+                                split_images=data.images, split_labels=plan.labels, baseline_pool=baseline_pool,
+                                labels_match=plan.labels_match,
+                                forward_logits=runtime.forward if runtime else None,
+                                forward_threads=runtime.forward_threads if runtime else None,
+                                progress=progress and info.is_main, done_batches=done, on_batch=on_batch,
+                                shard=(info.rank, info.world_size))
     if info.enabled:
         output = _gather(output, cfg.batch_size, info)
     if cfg.runtime == "onnx":
@@ -788,9 +788,9 @@ def explain(
                              "retrain or re-export it")
     preds = logits.argmax(1)
     tgt = preds if target == "predicted" else y
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    maps = {m: attribute(m, net, x.to(dev), tgt.to(dev), sample_ids=ids, seed=seed, **params.get(m, {}))
-            .sum(1).cpu().numpy() for m in methods}
+    with deterministic_algorithms():
+        maps = {m: attribute(m, net, x.to(dev), tgt.to(dev), sample_ids=ids, seed=seed, **params.get(m, {}))
+                .sum(1).cpu().numpy() for m in methods}
     true_names = data.label_names
     logit_names = loaded.label_names or (true_names if dplan.labels_match and dplan.class_map is None else None)
 
@@ -810,8 +810,3 @@ def _git() -> str:
     return git_revision()
 
 
-def sclzoo_version() -> str:
-    try:
-        return metadata.version("sclzoo")
-    except metadata.PackageNotFoundError:
-        return "unknown"

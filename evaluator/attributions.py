@@ -32,7 +32,7 @@ from captum.attr import (
 from torch import Tensor, nn
 
 from sclzoo.errors import ConfigError
-from sclzoo.registry import Registry
+from sclzoo.registry import Registry, check_params
 
 from .seeding import per_sample_draws
 
@@ -54,6 +54,8 @@ class MethodSpec:
         description: One line for ``sclzoo ls methods``.
         optional: Parameters (default None) that the canonical config records only when set, so adding one
             leaves the config hashes of earlier results unchanged.
+        inputs: Parameters that are data the evaluation supplies rather than settings (e.g. ``baseline_pool``,
+            a set of training images): never recorded in the config, passed by the runner when available.
     """
 
     name: str
@@ -62,13 +64,15 @@ class MethodSpec:
     captum: str
     description: str
     optional: tuple[str, ...] = ()
+    inputs: tuple[str, ...] = ()
 
 
 METHODS: Registry[MethodSpec] = Registry("attribution method", "sclzoo ls methods")
 
 
 def _method(
-    name: str, *, captum: str, defaults: dict[str, Any], description: str, optional: tuple[str, ...] = ()
+    name: str, *, captum: str, defaults: dict[str, Any], description: str, optional: tuple[str, ...] = (),
+    inputs: tuple[str, ...] = (),
 ) -> Callable[[AttributionFn], AttributionFn]:
     """Registers the decorated function as attribution method ``name``."""
 
@@ -76,7 +80,8 @@ def _method(
         METHODS.add(
             name,
             MethodSpec(name=name, fn=fn, defaults={**dict(defaults), **{k: None for k in optional}},
-                       captum=captum, description=description, optional=tuple(optional)),
+                       captum=captum, description=description, optional=tuple(optional),
+                       inputs=tuple(inputs)),
         )
         return fn
 
@@ -118,13 +123,7 @@ def attribute(
         ConfigError: unknown or invalid parameter, bad shapes, or a model in training mode.
     """
     spec = METHODS.get(name)
-    unknown = sorted(set(params) - set(spec.defaults))
-    if unknown:
-        allowed = ", ".join(spec.defaults) or "none"
-        raise ConfigError(
-            f"unknown parameter(s) {', '.join(map(repr, unknown))} for attribution method {name!r}; "
-            f"its parameters are: {allowed}."
-        )
+    check_params("attribution method", name, params, spec.defaults)
     if x.ndim != 4:
         raise ConfigError(f"x must be (N, C, H, W), got shape {tuple(x.shape)}; add the missing dimensions.")
     n = x.shape[0]
@@ -331,6 +330,7 @@ def gradient_shap(
     captum="GradientShap",
     defaults={"n_samples": 16, "stdevs": 0.0, "baseline_pool": None, "internal_batch_size": None},
     description="GradientShap with baselines drawn from training images (Erion 2021); needs baseline_pool.",
+    inputs=("baseline_pool",),
 )
 def expected_gradients(
     model: nn.Module,

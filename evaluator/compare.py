@@ -32,18 +32,15 @@ import numpy as np
 from scipy import stats
 
 from sclzoo.errors import ResultError
+from sclzoo.vocab import CLAIMS, COMPARISONS, FAMILIES, OBJECTIVES
 
 __all__ = ["SampleScores", "from_result", "holm", "paired_test", "compare_records", "compare_folder",
            "format_markdown", "OBJECTIVE_NAMES", "ALPHA"]
 
 ALPHA = 0.05
 N_BOOTSTRAP = 2000
-OBJECTIVE_NAMES = {"ce": "CE", "supcon": "SupCon", "simclr": "SimCLR", "triplet": "Triplet"}
-# Comparisons the project asks about, in the orientation the verdict is worded: (first, second).
-PAIR_ORDER: list[tuple[str, str]] = [("supcon", "simclr"), ("ce", "supcon"), ("ce", "simclr")]
-# Comparisons that test a stated claim: (first, second) → the claim's words.
-CLAIMS: dict[tuple[str, str], str] = {("supcon", "simclr"): "SCL beats CL"}
-FAMILY_ORDER = ["faithfulness", "complexity", "continuity", "randomisation"]
+OBJECTIVE_NAMES = {name: o.display for name, o in OBJECTIVES.items()}
+PAIR_ORDER: list[tuple[str, str]] = list(COMPARISONS)
 
 
 def objective_name(objective: str) -> str:
@@ -233,7 +230,7 @@ def _compare_two(a: SampleScores, b: SampleScores, group: Sequence[SampleScores]
         tests.append({"method": method, "metric": metric, "family": meta["family"],
                       "higher_is_better": meta["higher_is_better"], **t})
     def fam_key(f: str) -> tuple[int, str]:
-        return (FAMILY_ORDER.index(f) if f in FAMILY_ORDER else len(FAMILY_ORDER), f)
+        return (FAMILIES.index(f) if f in FAMILIES else len(FAMILIES), f)
 
     tests.sort(key=lambda t: (fam_key(t["family"]), t["method"], t["metric"]))
     families = sorted({t["family"] for t in tests}, key=fam_key)
@@ -347,7 +344,8 @@ def _fmt(v: float | None, digits: int = 3) -> str:
     return "–" if v is None else f"{v:.{digits}g}"
 
 
-def _p(v: float | None) -> str:
+def format_p_value(v: float | None) -> str:
+    """A p-value for tables: 3 decimals, scientific below 0.001, a dash when there was nothing to test."""
     if v is None:
         return "–"
     return f"{v:.2e}" if v < 1e-3 else f"{v:.3f}"
@@ -380,7 +378,7 @@ def format_markdown(report: dict[str, Any]) -> str:
                 better = objective_name(t["winner"]) if t["winner"] else "n.s."
                 lines.append(f"| {t['family']} | {t['method']} | {t['metric']} {arrow} | {t['n_pairs']} "
                              f"({t['n_dropped_nan']}) | {_fmt(t['median_diff'])} [{_fmt(ci[0])}, {_fmt(ci[1])}] | "
-                             f"{_p(t['p_value'])} | {_p(t['p_holm'])} | {better} |")
+                             f"{format_p_value(t['p_value'])} | {format_p_value(t['p_holm'])} | {better} |")
             lines.append("")
             lines += [f"- {v['text']}" for v in c["verdicts"]]
             lines.append("")

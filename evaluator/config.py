@@ -14,13 +14,12 @@ from typing import Any
 
 from sclzoo.errors import ConfigError
 from sclzoo.tomlfile import read_toml
+from sclzoo.vocab import SELECTIONS  # how images are picked -> the name the canonical config records
 
 __all__ = ["EvalConfig", "PRESETS", "load_config_file"]
 
 TARGETS = ("predicted", "label")
 RUNTIMES = ("torch", "onnx")
-# How the evaluated images are picked from the split, and the name the canonical config records for each.
-SELECTIONS = {"first": "first_n", "stratified": "stratified"}
 # Execution-only settings: they change speed, never scores (per-sample seeding makes scores independent of
 # batching and device placement), so they are recorded but left out of the hash.
 EXECUTION_KEYS = ("batch_size", "batch_size_auto", "device", "runtime")

@@ -49,11 +49,11 @@ from sclzoo.evaluator.results import (
     result_path,
     samples_path,
 )
+from sclzoo.vocab import FAMILIES
 
 __all__ = ["LoadedResult", "SkippedFile", "ResultScan", "scan_results", "load_results", "collect_rows",
            "build_leaderboard", "write_leaderboard", "format_markdown", "CSV_COLUMNS"]
 
-FAMILY_ORDER = ["faithfulness", "complexity", "continuity", "randomisation"]
 GALLERY_SAMPLES = 6
 CSV_COLUMNS = ["config_hash", "dataset", "model", "name", "objective", "architecture", "commit_sha", "accuracy",
                "n_evaluated", "method", "metric", "family", "higher_is_better", "version", "mean", "ci95_low",
@@ -258,7 +258,7 @@ def collect_rows(results: str | Path | list[LoadedResult] | ResultScan) -> pd.Da
     return pd.DataFrame(rows)
 
 
-def _f(v: Any) -> float | None:
+def _float_or_none(v: Any) -> float | None:
     try:
         x = float(v)
     except (TypeError, ValueError):
@@ -267,7 +267,7 @@ def _f(v: Any) -> float | None:
 
 
 def _family_key(f: str) -> tuple[int, str]:
-    return (FAMILY_ORDER.index(f) if f in FAMILY_ORDER else len(FAMILY_ORDER), f)
+    return (FAMILIES.index(f) if f in FAMILIES else len(FAMILIES), f)
 
 
 def _scoring_config(doc: dict[str, Any]) -> dict[str, Any]:
@@ -351,15 +351,15 @@ def build_leaderboard(results_dir: str | Path | list[LoadedResult] | ResultScan)
             for _, r in sub.sort_values("metric").iterrows():
                 metrics[r["metric"]] = {
                     "family": r["family"], "higher_is_better": bool(r["higher_is_better"]),
-                    "version": int(r["version"]), "mean": _f(r["mean"]),
-                    "ci95": [_f(r["ci95_low"]), _f(r["ci95_high"])], "n": int(r["n"]), "n_nan": int(r["n_nan"]),
+                    "version": int(r["version"]), "mean": _float_or_none(r["mean"]),
+                    "ci95": [_float_or_none(r["ci95_low"]), _float_or_none(r["ci95_high"])], "n": int(r["n"]), "n_nan": int(r["n_nan"]),
                     "rank": int(r["rank"]),
                 }
             fam_rank = sub.groupby("family")["rank"].mean()
             group_rows.append({
                 "config_hash": config_hash, "dataset": dataset, "model": model, "name": first["name"],
                 "objective": first["objective"], "architecture": first["architecture"],
-                "commit_sha": commit, "accuracy": _f(first["accuracy"]),
+                "commit_sha": commit, "accuracy": _float_or_none(first["accuracy"]),
                 "n_evaluated": int(first["n_evaluated"]), "method": method, "metrics": metrics,
                 "mean_rank": {fam: round(float(fam_rank[fam]), 4) for fam in sorted(fam_rank.index, key=_family_key)},
                 "file": first["file"],

@@ -12,7 +12,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-from sclzoo.evaluator.compare import PAIR_ORDER, objective_name
+from sclzoo.evaluator.compare import PAIR_ORDER, format_p_value, objective_name
 from sclzoo.evaluator.leaderboard import group_rows, why_apart_text
 
 __all__ = ["format_html"]
@@ -92,7 +92,7 @@ def _num(v: float | None) -> str:
     return "" if v is None else repr(float(v))
 
 
-def _g(v: float | None, digits: int = 4) -> str:
+def _fmt_number(v: float | None, digits: int = 4) -> str:
     return "NaN" if v is None else f"{v:.{digits}g}"
 
 
@@ -133,7 +133,7 @@ def _group_table(board: dict[str, Any], grp: dict[str, Any]) -> list[str]:
         cells = [f'<td class="t m" title="{escape(r["model"])}@{escape(r["commit_sha"])}">{_breakable(r["label"])}'
                  f'<code>@{escape(r["commit_sha"][:7])}</code></td>',
                  f'<td class="t">{escape(r["objective"])}</td>', f'<td class="t">{_breakable(r["method"])}</td>',
-                 f'<td data-v="{_num(r["accuracy"])}">{_g(r["accuracy"])}</td>']
+                 f'<td data-v="{_num(r["accuracy"])}">{_fmt_number(r["accuracy"])}</td>']
         for m in grp["metrics"]:
             s = r["metrics"].get(m)
             if s is None:
@@ -143,8 +143,8 @@ def _group_table(board: dict[str, Any], grp: dict[str, Any]) -> list[str]:
             nan = f' · {s["n_nan"]} NaN' if s["n_nan"] else ""
             cls = ' class="r1"' if s["rank"] == 1 and s["mean"] is not None else ""
             cells.append(f'<td data-v="{_num(s["mean"])}"{cls} title="n = {s["n"]}{nan}; rank {s["rank"]}">'
-                         f'{_g(s["mean"])} <span class="rk">#{s["rank"]}</span>{escape(nan)}'
-                         f'<span class="ci">[{_g(ci[0], 3)}, {_g(ci[1], 3)}]</span></td>')
+                         f'{_fmt_number(s["mean"])} <span class="rk">#{s["rank"]}</span>{escape(nan)}'
+                         f'<span class="ci">[{_fmt_number(ci[0], 3)}, {_fmt_number(ci[1], 3)}]</span></td>')
         for f in grp["families"]:
             v = r["mean_rank"].get(f)
             cells.append(f'<td data-v="{_num(v)}">{"–" if v is None else f"{v:.2f}"}</td>')
@@ -170,7 +170,7 @@ def _one_model_table(board: dict[str, Any], grp: dict[str, Any]) -> list[str]:
         for m in grp["metrics"]:
             sc = rows[method]["metrics"].get(m)
             mean = None if sc is None else sc["mean"]
-            cells.append(f'<td data-v="{_num(mean)}">{"–" if sc is None else _g(mean)}</td>')
+            cells.append(f'<td data-v="{_num(mean)}">{"–" if sc is None else _fmt_number(mean)}</td>')
         out.append("<tr>" + "".join(cells) + "</tr>")
     out.append("</tbody></table></div>")
     return out
@@ -229,12 +229,6 @@ def _claim_check_html(comparison: dict[str, Any]) -> list[str]:
     return out
 
 
-def _p(v: float | None) -> str:
-    if v is None:
-        return "–"
-    return f"{v:.2e}" if v < 1e-3 else f"{v:.3f}"
-
-
 def _comparison_html(comparison: dict[str, Any]) -> list[str]:
     out = ['<section id="compare"><h2>Objective comparison</h2>']
     if not any(g["comparisons"] for g in comparison["groups"]):
@@ -272,10 +266,10 @@ def _comparison_html(comparison: dict[str, Any]) -> list[str]:
                     f'<td data-v="{t["n_pairs"]}">{t["n_pairs"]}</td>'
                     f'<td data-v="{t["n_dropped_nan"]}">{t["n_dropped_nan"]}</td>'
                     f'<td data-v="{t["n_zero"]}">{t["n_zero"]}</td>'
-                    f'<td data-v="{_num(t["median_diff"])}">{_g(t["median_diff"], 3)}</td>'
-                    f'<td class="t">[{_g(lo, 3)}, {_g(hi, 3)}]</td>'
-                    f'<td data-v="{_num(t["p_value"])}">{_p(t["p_value"])}</td>'
-                    f'<td data-v="{_num(t["p_holm"])}">{_p(t["p_holm"])}</td>'
+                    f'<td data-v="{_num(t["median_diff"])}">{_fmt_number(t["median_diff"], 3)}</td>'
+                    f'<td class="t">[{_fmt_number(lo, 3)}, {_fmt_number(hi, 3)}]</td>'
+                    f'<td data-v="{_num(t["p_value"])}">{format_p_value(t["p_value"])}</td>'
+                    f'<td data-v="{_num(t["p_holm"])}">{format_p_value(t["p_holm"])}</td>'
                     f'<td class="t">{escape(better)}</td></tr>')
             out.append("</tbody></table></div>")
         if g["note"]:

@@ -13,10 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from sclzoo.vocab import OBJECTIVES
+
 __all__ = ["png_bytes", "distributions_figure", "rank_heatmap", "maps_gallery", "OBJECTIVE_COLORS",
            "explanation_grid", "explanation_grid_size"]
 
-OBJECTIVE_COLORS = {"ce": "#4c72b0", "supcon": "#dd8452", "simclr": "#55a868", "triplet": "#c44e52"}
+OBJECTIVE_COLORS = {name: o.colour for name, o in OBJECTIVES.items()}
 _FALLBACK = ["#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd"]
 DPI = 96
 

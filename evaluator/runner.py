@@ -29,11 +29,12 @@ from sclzoo.evaluator.attributions import METHODS, attribute
 from sclzoo.evaluator.config import EvalConfig
 from sclzoo.evaluator.metrics import METRICS, MetricContext, compute, metric_cost
 from sclzoo.evaluator.seeding import stable_seed
+from sclzoo.registry import check_params
+from sclzoo.vocab import SELECTIONS
 
 __all__ = ["auto_batch_size", "choose_batch_size", "BatchResult", "EvalOutput", "resolve_specs", "run_evaluation", "estimate_cost", "batch_starts",
            "shard_batches", "merge_batches", "select_samples", "SELECTIONS"]
 
-SELECTIONS = ("first", "stratified")
 
 
 @dataclass
@@ -173,12 +174,9 @@ def resolve_specs(cfg: EvalConfig) -> tuple[dict[str, dict[str, Any]], dict[str,
     for m in cfg.methods:
         spec = METHODS.get(m)
         over = cfg.method_params.get(m, {})
-        unknown = sorted(set(over) - set(spec.defaults))
-        if unknown:
-            raise ConfigError(f"unknown parameter(s) {unknown} for method {m!r}; its parameters are "
-                              f"{sorted(spec.defaults)}")
+        check_params("attribution method", m, over, spec.defaults)
         methods[m] = {k: v for k, v in {**spec.defaults, **over}.items()
-                      if k != "baseline_pool" and not (k in spec.optional and v is None)}
+                      if k not in spec.inputs and not (k in spec.optional and v is None)}
     metrics: dict[str, dict[str, Any]] = {}
     for name in cfg.metrics:
         spec_m = METRICS.get(name)
@@ -215,6 +213,19 @@ def choose_batch_size(bytes_per_image: float, free_bytes: float, cap: int = 1024
     return 1 << (b.bit_length() - 1)
 
 
+def _method_inputs(method: str, available: dict[str, Tensor | None], device: torch.device
+                   ) -> dict[str, Tensor] | None:
+    """The data inputs method ``method`` declares (:attr:`MethodSpec.inputs`), on ``device``; None if one is
+    missing (the method then fails with its own message when it runs)."""
+    out = {}
+    for name in METHODS.get(method).inputs:
+        value = available.get(name)
+        if value is None:
+            return None
+        out[name] = value.to(device)
+    return out
+
+
 def auto_batch_size(model: nn.Module, images: Tensor, methods: dict[str, dict[str, Any]], device: torch.device,
                     *, cpu_default: int = 64, cap: int = 1024, baseline_pool: Tensor | None = None) -> int:
     """The ``--batch-size auto`` choice.
@@ -236,8 +247,8 @@ def auto_batch_size(model: nn.Module, images: Tensor, methods: dict[str, dict[st
     torch.cuda.reset_peak_memory_stats(device)
     ids = torch.arange(n)
     for method, params in methods.items():
-        extra = {"baseline_pool": baseline_pool.to(device)} if method == "expected_gradients" and baseline_pool is not None else {}
-        if method == "expected_gradients" and not extra:
+        extra = _method_inputs(method, {"baseline_pool": baseline_pool}, device)
+        if extra is None:  # a needed input is not available here
             continue
         attribute(method, model, x, target, sample_ids=ids, **params, **extra)
     torch.cuda.synchronize(device)
@@ -398,8 +409,8 @@ def run_evaluation(
     bar = tqdm(total=total, desc="evaluate", unit="work", disable=not progress, dynamic_ncols=True,
                bar_format="{l_bar}{bar}| {percentage:3.0f}% [{elapsed}<{remaining}] {postfix}")
     timings: dict[str, float] = {}
-    extra_pool = {"baseline_pool": baseline_pool.to(device)} if baseline_pool is not None else {}
-    explainers = {method: _explainer(method, params, cfg.seed, extra_pool if method == "expected_gradients" else {})
+    available = {"baseline_pool": baseline_pool}
+    explainers = {method: _explainer(method, params, cfg.seed, _method_inputs(method, available, device) or {})
                   for method, params in methods.items()}
     batches = dict(done)
     for start in todo:

@@ -8,13 +8,14 @@ GPU runs see the same numbers.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
 
-__all__ = ["per_sample_draws", "sample_generator", "stable_seed"]
+__all__ = ["deterministic_algorithms", "per_sample_draws", "sample_generator", "stable_seed"]
 
 
 def stable_seed(seed: int, name: str, sample_id: int) -> int:
@@ -68,3 +69,16 @@ def per_sample_draws(
     """
     per_sample = [draw(sample_generator(seed, name, i)) for i in sample_ids.tolist()]  # one host transfer
     return tuple(torch.stack(parts).to(device) for parts in zip(*per_sample, strict=True))
+
+
+@contextlib.contextmanager
+def deterministic_algorithms() -> Iterator[None]:
+    """Runs the block with ``torch.use_deterministic_algorithms(True, warn_only=True)`` and restores the caller's
+    setting afterwards (an operation without a deterministic kernel warns instead of failing)."""
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)

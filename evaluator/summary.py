@@ -20,11 +20,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sclzoo.vocab import COMPARISONS
+
 __all__ = ["summary_lines", "verdict", "main"]
 
-# The comparisons of the claim check, in its order (the same as sclzoo.evaluator.compare.PAIR_ORDER; kept here so
-# that printing a summary needs no numpy/scipy).
-CLAIM_PAIRS = [("supcon", "simclr"), ("ce", "supcon"), ("ce", "simclr")]
+# The comparisons of the claim check, in its order.
+CLAIM_PAIRS = list(COMPARISONS)
 
 
 def verdict(c: dict[str, Any]) -> str:

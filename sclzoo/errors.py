@@ -41,3 +41,21 @@ class HubError(SclzooError, ConnectionError):
 
 class ResultError(SclzooError, ValueError):
     """A result file is invalid or cannot be written."""
+
+
+def transport_errors() -> tuple[type[BaseException], ...]:
+    """Connection-level exceptions (refused, reset, DNS, timed out) of the HTTP client huggingface_hub uses.
+
+    httpx's (huggingface_hub 1.x) and httpx2's (2.x) errors do not subclass OSError; requests' do. Only the
+    clients that are installed are listed; importing them here is cheap once huggingface_hub is loaded.
+    """
+    import importlib
+
+    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError"),
+                         ("requests", "ConnectionError"), ("requests", "Timeout")):
+        try:
+            errors.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):
+            continue
+    return tuple(errors)

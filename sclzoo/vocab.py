@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["FAMILIES", "Family", "OBJECTIVES", "ObjectiveInfo", "SELECTIONS", "objective_info"]
+__all__ = ["CLAIMS", "COMPARISONS", "FAMILIES", "Family", "OBJECTIVES", "ObjectiveInfo", "SELECTIONS",
+           "objective_info"]
 
 Family = Literal["faithfulness", "complexity", "continuity", "randomisation"]
 #: Metric families in display order (docs/protocol.md#metrics).
@@ -53,6 +54,11 @@ def objective_info(name: str) -> ObjectiveInfo | None:
     """The display data of objective ``name``; None for an objective sclzoo does not know (a user's model)."""
     return OBJECTIVES.get(name)
 
+
+#: Objective pairs the comparison reports first, in the orientation its verdicts are worded: (first, second).
+COMPARISONS: tuple[tuple[str, str], ...] = (("supcon", "simclr"), ("ce", "supcon"), ("ce", "simclr"))
+#: Pairs that test a stated claim: (first, second) -> the claim's words.
+CLAIMS: dict[tuple[str, str], str] = {("supcon", "simclr"): "SCL beats CL"}
 
 #: Sample selections of an evaluation: CLI/config name -> the name recorded in the canonical config.
 SELECTIONS: dict[str, str] = {"first": "first_n", "stratified": "stratified"}

@@ -20,13 +20,14 @@ from safetensors.torch import save_file
 from torch import nn
 
 from sclzoo.errors import ConfigError, ModelLoadError
+from sclzoo.vocab import OBJECTIVES
 from sclzoo.zoo.hub import sha256_file
 
 __all__ = ["export_repo", "write_repo", "sha256_file", "package_versions", "git_revision", "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = 1
 HASHED_FILES = ("model.safetensors", "projection_head.safetensors", "onnx/model.onnx", "training.json")
-PAPER_IDS = {"supcon": ["arXiv:2004.11362"], "simclr": ["arXiv:2002.05709"], "ce": []}
+PAPER_IDS = {name: list(o.paper_ids) for name, o in OBJECTIVES.items()}
 
 
 def package_versions() -> dict[str, str]:

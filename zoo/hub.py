@@ -43,8 +43,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from sclzoo.errors import ConfigError, HubError, ModelLoadError, ModelNotFoundError
-from sclzoo.tomlfile import read_toml
+from sclzoo.errors import ConfigError, HubError, ModelLoadError, ModelNotFoundError, transport_errors
+from sclzoo.zoo.catalog import REGISTRY_FILE, load_registry
 from sclzoo.zoo.hf_transformers import is_transformers_config
 from sclzoo.zoo.preprocess import DataConfig, PixelModel
 
@@ -52,7 +52,6 @@ __all__ = ["ResolvedModel", "LoadedModel", "resolve_model", "load_model", "from_
            "content_commit", "module_commit", "sha256_file", "parse_config", "hub_timeout", "ZOO_DIR"]
 
 ZOO_DIR = Path(__file__).resolve().parent
-REGISTRY_FILE = ZOO_DIR / "registry.toml"
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 ARCH_NAME = re.compile(r"^[A-Za-z0-9_][\w.-]{0,127}$")
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -182,10 +181,8 @@ class LoadedModel:
 
 # ------------------------------------------------------------------------------------------------ small helpers
 def registry_entries() -> list[dict[str, Any]]:
-    """Models listed in ``zoo/registry.toml`` (id, revision, alias, display name, bundled folder)."""
-    if not REGISTRY_FILE.is_file():
-        return []
-    return list(read_toml(REGISTRY_FILE, "registry file").get("models", []))
+    """Models listed in ``zoo/registry.toml`` as the file's tables (id, revision, alias, names, bundled folder)."""
+    return [e.as_dict() for e in load_registry(REGISTRY_FILE, missing_ok=True)]
 
 
 def sha256_file(path: str | Path) -> str:
@@ -247,22 +244,6 @@ def _local(ref: str, path: Path) -> ResolvedModel:
 
 
 # ------------------------------------------------------------------------------------------------------- Hub
-def _transport_errors() -> tuple[type[BaseException], ...]:
-    """Connection-level exceptions of the HTTP client huggingface_hub uses.
-
-    requests' errors subclass OSError, but httpx's (huggingface_hub 1.x) and httpx2's (2.x) do not.
-    """
-    import importlib
-
-    errors: list[type[BaseException]] = [OSError, TimeoutError]
-    for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError")):
-        try:
-            errors.append(getattr(importlib.import_module(module), name))
-        except (ImportError, AttributeError):
-            continue
-    return tuple(errors)
-
-
 _TIMEOUT_SET: list[float] = []
 
 
@@ -332,7 +313,7 @@ def _hub_call(repo_id: str, rev: str, fn: Any) -> Any:
         raise HubError(f"the Hub at {constants.ENDPOINT} answered HTTP {status} for {repo_id!r} (a server error, "
                        "not a network problem); try again later, or set HF_HUB_OFFLINE=1 to use the local "
                        "cache") from None
-    except _transport_errors() as e:  # connection refused, reset, timed out
+    except transport_errors() as e:  # connection refused, reset, timed out
         kind = f"timed out after {timeout:g} s" if "timeout" in type(e).__name__.lower() else type(e).__name__
         raise HubError(f"cannot reach the Hub at {constants.ENDPOINT} to fetch {repo_id!r} ({kind}); check the "
                        "network or HF_ENDPOINT, raise SCLZOO_HUB_TIMEOUT, or set HF_HUB_OFFLINE=1 to use the local "

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sclzoo.errors import ConfigError, HubError, ModelLoadError, ModelNotFoundError
+from sclzoo.errors import ConfigError, HubError, ModelLoadError, ModelNotFoundError, transport_errors
 
 __all__ = ["PublishResult", "publish", "check_repo_folder"]
 
@@ -83,20 +83,6 @@ def _endpoint(endpoint: str | None) -> str:
     from huggingface_hub import constants
 
     return (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
-
-
-def _transport_errors() -> tuple[type[BaseException], ...]:
-    """Connection-level exceptions of whichever HTTP client this huggingface_hub uses."""
-    import importlib
-
-    errors: list[type[BaseException]] = [ConnectionError, TimeoutError]
-    for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError"),
-                         ("requests", "ConnectionError"), ("requests", "Timeout")):
-        try:
-            errors.append(getattr(importlib.import_module(module), name))
-        except (ImportError, AttributeError):
-            continue
-    return tuple(errors)
 
 
 def _hub_error(e: BaseException, repo_id: str, endpoint: str) -> Exception:
@@ -173,7 +159,7 @@ def publish(
         sha = str(info.oid)
     except HfHubHTTPError as e:
         raise _hub_error(e, repo_id, url_base) from None
-    except _transport_errors() as e:
+    except transport_errors() as e:
         raise _hub_error(e, repo_id, url_base) from None
     if tag:
         try:
@@ -183,7 +169,7 @@ def publish(
                 raise ConfigError(f"tag {tag!r} already exists on {repo_id!r} (created meanwhile); commit {sha} was "
                                   "published without it — pass another --tag") from None
             raise _hub_error(e, repo_id, url_base) from None
-        except _transport_errors() as e:
+        except transport_errors() as e:
             raise _hub_error(e, repo_id, url_base) from None
     return PublishResult(commit_sha=sha, url=f"{url_base}/{repo_id}", repo_id=repo_id, tag=tag)
 
