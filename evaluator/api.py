@@ -482,6 +482,7 @@ def dry_run(model: Any, cfg: EvalConfig, *, out: str | Path | None = "results", 
     Raises:
         The errors of :func:`plan` (unknown model with "did you mean", bad dataset, …).
     """
+    from sclzoo.evaluator.attributions import method_passes
     from sclzoo.evaluator.runner import estimate_cost
     from sclzoo.zoo.train import resolve_device
 
@@ -501,11 +502,13 @@ def dry_run(model: Any, cfg: EvalConfig, *, out: str | Path | None = "results", 
     net(xg).gather(1, target[:, None]).sum().backward()
     t_gradient = (time.perf_counter() - t0) / len(x)
     per_sample_e = cost["explanations"] // max(1, len(ep.methods) * cfg.n_samples)
-    gradients = 0
-    for params in ep.methods.values():  # multi-pass methods: one gradient per step / noise sample
-        passes = next((int(params[k]) for k in ("n_steps", "nt_samples", "n_samples") if params.get(k)), 1)
-        gradients += per_sample_e * cfg.n_samples * passes
-    estimate = cost["forwards"] * t_forward + gradients * t_gradient
+    gradients = explain_forwards = 0
+    shape = (int(x.shape[1]), int(x.shape[2]), int(x.shape[3]))
+    for method, params in ep.methods.items():  # each explanation costs the method's declared passes
+        fwd, grad = method_passes(method, params, shape)
+        gradients += per_sample_e * cfg.n_samples * grad
+        explain_forwards += per_sample_e * cfg.n_samples * fwd
+    estimate = (cost["forwards"] + explain_forwards) * t_forward + gradients * t_gradient
     path = result_path(out, ep.resolved.repo_id, ep.resolved.commit_sha, ep.config_hash) if out else None
     return {
         "model": {"ref": ep.resolved.ref, "id": ep.resolved.repo_id, "source": ep.resolved.source,
@@ -518,7 +521,7 @@ def dry_run(model: Any, cfg: EvalConfig, *, out: str | Path | None = "results", 
         "config": ep.canonical,
         "result": {"path": str(path) if path else None,
                    "exists": bool(path and path.is_file()), "reused_unless_force": bool(path and path.is_file())},
-        "cost": {**cost, "gradient_passes": gradients},
+        "cost": {**cost, "gradient_passes": gradients, "explanation_forwards": explain_forwards},
         "estimate": {"seconds": round(estimate, 1), "forward_s_per_image": round(t_forward, 6),
                      "gradient_s_per_image": round(t_gradient, 6),
                      "how": f"rough: one forward and one gradient timed on {len(x)} images on {dev}, times the "

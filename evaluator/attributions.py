@@ -14,7 +14,7 @@ attribution depend on its batch neighbours.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,8 @@ __all__ = ["METHODS", "MethodSpec", "attribute", "gradcam_layer", "gradcam_layer
 
 #: fn(model, x, target, *, sample_ids, seed, **params) -> attributions of x's shape.
 AttributionFn = Callable[..., Tensor]
+#: passes(resolved params, image shape (C, H, W)) -> (forward-only passes, gradient passes) per image.
+PassesFn = Callable[[Mapping[str, Any], tuple[int, int, int]], tuple[int, int]]
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,8 @@ class MethodSpec:
             leaves the config hashes of earlier results unchanged.
         inputs: Parameters that are data the evaluation supplies rather than settings (e.g. ``baseline_pool``,
             a set of training images): never recorded in the config, passed by the runner when available.
+        passes: Model passes per image, ``passes(params, (C, H, W)) -> (forwards, gradients)``: the cost model
+            of progress bars and ``--dry-run`` estimates.
     """
 
     name: str
@@ -65,6 +69,7 @@ class MethodSpec:
     description: str
     optional: tuple[str, ...] = ()
     inputs: tuple[str, ...] = ()
+    passes: PassesFn = lambda p, shape: (0, 1)
 
 
 METHODS: Registry[MethodSpec] = Registry("attribution method", "sclzoo ls methods")
@@ -72,7 +77,7 @@ METHODS: Registry[MethodSpec] = Registry("attribution method", "sclzoo ls method
 
 def _method(
     name: str, *, captum: str, defaults: dict[str, Any], description: str, optional: tuple[str, ...] = (),
-    inputs: tuple[str, ...] = (),
+    inputs: tuple[str, ...] = (), passes: PassesFn | None = None,
 ) -> Callable[[AttributionFn], AttributionFn]:
     """Registers the decorated function as attribution method ``name``."""
 
@@ -81,11 +86,26 @@ def _method(
             name,
             MethodSpec(name=name, fn=fn, defaults={**dict(defaults), **{k: None for k in optional}},
                        captum=captum, description=description, optional=tuple(optional),
-                       inputs=tuple(inputs)),
+                       inputs=tuple(inputs), **({"passes": passes} if passes is not None else {})),
         )
         return fn
 
     return deco
+
+
+def method_passes(name: str, params: Mapping[str, Any], shape: tuple[int, int, int]) -> tuple[int, int]:
+    """(forward-only passes, gradient passes) per image of method ``name`` with ``params`` over its defaults."""
+    spec = METHODS.get(name)
+    f, g = spec.passes({**spec.defaults, **params}, shape)
+    return int(f), int(g)
+
+
+def _occlusion_windows(p: Mapping[str, Any], shape: tuple[int, int, int]) -> tuple[int, int]:
+    _, h, w = shape
+    win = max(1, round(h / 7)) if p.get("window") is None else int(p["window"])
+    step = max(1, win // 2) if p.get("stride") is None else int(p["stride"])
+    per_axis = [max(1, -(-(side - win) // step) + 1) for side in (h, w)]
+    return per_axis[0] * per_axis[1], 0
 
 
 def method_defaults(name: str) -> dict[str, Any]:
@@ -267,6 +287,7 @@ def input_x_gradient(model: nn.Module, x: Tensor, target: Tensor, *, sample_ids:
     captum="IntegratedGradients",
     defaults={"n_steps": 32, "baseline": 0.0, "method": "gausslegendre", "internal_batch_size": None},
     description="Path integral of gradients from a constant baseline (Sundararajan 2017).",
+    passes=lambda p, shape: (0, int(p["n_steps"])),
 )
 def integrated_gradients(
     model: nn.Module,
@@ -297,6 +318,7 @@ def integrated_gradients(
     captum="GradientShap",
     defaults={"n_samples": 16, "stdevs": 0.0, "internal_batch_size": None},
     description="Expected gradients against black and white baselines (Lundberg 2017), per-sample draws.",
+    passes=lambda p, shape: (0, int(p["n_samples"])),
 )
 def gradient_shap(
     model: nn.Module,
@@ -331,6 +353,7 @@ def gradient_shap(
     defaults={"n_samples": 16, "stdevs": 0.0, "baseline_pool": None, "internal_batch_size": None},
     description="GradientShap with baselines drawn from training images (Erion 2021); needs baseline_pool.",
     inputs=("baseline_pool",),
+    passes=lambda p, shape: (0, int(p["n_samples"])),
 )
 def expected_gradients(
     model: nn.Module,
@@ -411,6 +434,7 @@ def guided_backprop(model: nn.Module, x: Tensor, target: Tensor, *, sample_ids: 
     captum="NoiseTunnel(Saliency)",
     defaults={"nt_samples": 16, "stdevs": 0.15, "internal_batch_size": None},
     description="Mean |gradient| over Gaussian-noised copies of x (Smilkov 2017), per-sample draws.",
+    passes=lambda p, shape: (0, int(p["nt_samples"])),
 )
 def smoothgrad(
     model: nn.Module,
@@ -558,6 +582,7 @@ def gradcam(
     captum="Occlusion",
     defaults={"window": None, "stride": None, "baseline": 0.0, "perturbations_per_eval": 16},
     description="Drop of f_y when a square window over all channels is set to the baseline (Zeiler 2014).",
+    passes=_occlusion_windows,
 )
 def occlusion(
     model: nn.Module,

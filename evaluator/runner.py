@@ -25,12 +25,15 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from sclzoo.errors import ConfigError, ModelLoadError
-from sclzoo.evaluator.attributions import METHODS, attribute
+from sclzoo.evaluator.attributions import METHODS, attribute, method_passes
 from sclzoo.evaluator.config import EvalConfig
 from sclzoo.evaluator.metrics import METRICS, MetricContext, compute, metric_cost
 from sclzoo.evaluator.seeding import stable_seed
 from sclzoo.registry import check_params
 from sclzoo.vocab import SELECTIONS
+
+#: Cost of one gradient pass (forward + backward) in forward passes, for progress and time estimates.
+GRADIENT_COST = 3
 
 __all__ = ["auto_batch_size", "choose_batch_size", "BatchResult", "EvalOutput", "resolve_specs", "run_evaluation", "estimate_cost", "batch_starts",
            "shard_batches", "merge_batches", "select_samples", "SELECTIONS"]
@@ -401,13 +404,21 @@ def run_evaluation(
                           f"of {cfg.batch_size}; resume with the batch size of the interrupted run")
     todo = [st for st in shard_batches(n, cfg.batch_size, *shard) if st not in done]
 
+    # Progress in forward-pass equivalents (a gradient pass counts as GRADIENT_COST forwards), so that the bar
+    # moves in proportion to time and its ETA, an average over the whole run, stays put.
     costs = {name: metric_cost(name, **{k: v for k, v in p.items() if k != "version"})
              for name, p in metrics.items()}
-    unit = {name: 1 + f + e for name, (f, e) in costs.items()}
+    shape = (int(images.shape[1]), int(images.shape[2]), int(images.shape[3]))
+    explain_cost = {}
+    for method, params in methods.items():
+        fwd, grad = method_passes(method, params, shape)
+        explain_cost[method] = max(1, fwd + GRADIENT_COST * grad)
+    unit = {(m, name): f + e * explain_cost[m] for m in methods for name, (f, e) in costs.items()}
     n_todo = sum(min(n, st + cfg.batch_size) - st for st in todo)
-    total = len(methods) * n_todo * (1 + sum(unit.values()))
-    bar = tqdm(total=total, desc="evaluate", unit="work", disable=not progress, dynamic_ncols=True,
-               bar_format="{l_bar}{bar}| {percentage:3.0f}% [{elapsed}<{remaining}] {postfix}")
+    total = n_todo * (sum(explain_cost.values()) + sum(unit.values()))
+    bar = tqdm(total=total, desc="evaluate", unit="pass", unit_scale=True, disable=not progress,
+               dynamic_ncols=True, smoothing=0,
+               bar_format="{l_bar}{bar}| {percentage:3.0f}% [{elapsed}<{remaining}{postfix}]")
     timings: dict[str, float] = {}
     available = {"baseline_pool": baseline_pool}
     explainers = {method: _explainer(method, params, cfg.seed, _method_inputs(method, available, device) or {})
@@ -424,7 +435,7 @@ def run_evaluation(
             t0 = time.perf_counter()
             a = explain_with(model, xb, tb, ids)
             timings[method] = timings.get(method, 0.0) + time.perf_counter() - t0
-            bar.update(sl.stop - sl.start)
+            bar.update((sl.stop - sl.start) * explain_cost[method])
             if start < n_example_maps:
                 batch_maps[method] = a[: n_example_maps - start].sum(1).float().cpu().numpy()
 
@@ -432,18 +443,27 @@ def run_evaluation(
                         _e: Callable[..., Tensor] = explain_with) -> Tensor:
                 return _e(_m, x, t, s)
 
+            reported = [0]
+
+            def report(forwards: int, explanations: int, _cost: int = explain_cost[method],
+                       _reported: list[int] = reported) -> None:
+                done_now = forwards + explanations * _cost
+                _reported[0] += done_now
+                bar.update(done_now)
+
             ctx = MetricContext(model=model, x=xb, target=tb, attributions=a, explain=explain, sample_ids=ids,
                                 seed=cfg.seed, batch_size=cfg.batch_size, explain_with=explain_with,
-                                forward=forward_logits, forward_threads=forward_threads)
+                                forward=forward_logits, forward_threads=forward_threads, progress=report)
             batch_scores[method] = {}
             for name, p in metrics.items():
                 bar.set_postfix_str(f"{method} · {name}")
                 t0 = time.perf_counter()
+                reported[0] = 0
                 s = compute(name, ctx, **{k: v for k, v in p.items() if k != "version"})
                 key = f"{method}/{name}"
                 timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
                 batch_scores[method][name] = s.detach().cpu().numpy().astype(np.float64)
-                bar.update((sl.stop - sl.start) * unit[name])
+                bar.update(max(0, (sl.stop - sl.start) * unit[(method, name)] - reported[0]))
         batches[start] = BatchResult(start, batch_scores, batch_maps)
         if on_batch is not None:
             on_batch(batches[start])

@@ -237,3 +237,26 @@ def test_methods_work_inside_no_grad(name: str) -> None:
     expected = attribute(name, model, x, target, **params)
     with torch.no_grad():
         torch.testing.assert_close(attribute(name, model, x, target, **params), expected)
+
+
+def test_method_passes_match_the_passes_captum_makes() -> None:
+    """The cost model behind progress bars and --dry-run counts what the methods really run."""
+    from sclzoo.evaluator.attributions import method_passes
+
+    calls = []
+    net = nn.Sequential(nn.Flatten(), nn.Linear(1 * 12 * 12, 3)).eval()
+    net.register_forward_hook(lambda mod, inp, out: calls.append(inp[0].shape[0]))
+    x = torch.rand(1, 1, 12, 12)
+    target = torch.tensor([1])
+    for name, params in (("occlusion", {"perturbations_per_eval": 1}), ("occlusion", {"window": 5, "stride": 3,
+                                                                                        "perturbations_per_eval": 1}),
+                         ("integrated_gradients", {"n_steps": 7}), ("smoothgrad", {"nt_samples": 5}),
+                         ("saliency", {})):
+        calls.clear()
+        attribute(name, net, x, target, sample_ids=torch.tensor([0]), seed=0, **params)
+        fwd, grad = method_passes(name, params, (1, 12, 12))
+        images = sum(calls)
+        if name == "occlusion":
+            assert grad == 0 and images == fwd + 1  # captum also runs the unoccluded image once
+        else:
+            assert fwd == 0 and images == grad

@@ -87,6 +87,8 @@ class MetricContext:
             ``forward`` (restored afterwards); ``None`` leaves it alone. Use 1 with onnxruntime on the CPU: its
             threads do the heavy work there, and PyTorch's idle OpenMP workers would otherwise compete with them
             for the same cores.
+        progress: Called by the shared loops after each group with the (model forwards, explanations) just
+            done, for progress bars; ``None`` = not reported.
     """
 
     model: nn.Module
@@ -101,6 +103,7 @@ class MetricContext:
     explain_with: ExplainWithFn | None = None
     forward: Callable[[Tensor], Tensor] | None = None
     forward_threads: int | None = None
+    progress: Callable[[int, int], None] | None = None
 
     def logits(self, x: Tensor) -> Tensor:
         """Logits of a batch through the forward-only path (``forward`` when set, else ``model``)."""
@@ -385,6 +388,8 @@ def forward_perturbed(
         inputs, state = perturb(grp)
         out = target_outputs(ctx.logits, inputs, repeat_rows(ctx.target[grp], per_sample), ctx.batch_size, kind)
         rows.append(score(grp, out.view(g, per_sample), state))
+        if ctx.progress is not None:
+            ctx.progress(g * per_sample, 0)
     return torch.cat(rows)
 
 
@@ -419,4 +424,6 @@ def explain_perturbed(
             ctx.batch_size,
         )
         rows.append(score(grp, expl.view(g, per_sample, *expl.shape[1:]), state))
+        if ctx.progress is not None:
+            ctx.progress(0, g * per_sample)
     return torch.cat(rows)
