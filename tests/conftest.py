@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 # huggingface_hub reads these when it is first imported (sclzoo imports it through timm): set them before, so
@@ -17,10 +18,10 @@ os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 import huggingface_hub.constants as hf_constants  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from helpers import REPO_ROOT  # noqa: E402
 
 import sclzoo  # noqa: E402,F401  (registers the zoo architectures in timm)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 ZOO_MODELS = REPO_ROOT / "zoo" / "models"
 BUNDLED = {
     "ce": ZOO_MODELS / "resnet8_cifar.ce_mnist5k",
@@ -57,3 +58,13 @@ class _Bundled(dict):  # type: ignore[type-arg]
 def bundled() -> dict[str, Path]:
     """Folders of the bundled zoo repos (objective → path); using a missing one fails the test loudly."""
     return _Bundled(BUNDLED)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): on 2 shared cores
+    two OpenMP threads spin against each other (training ran 5× slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -11,14 +11,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import timm
 import torch
+from helpers import png_folder, timm_repo
 from PIL import Image
 from safetensors.torch import save_file
 from timm.data import create_transform, resolve_data_config
-from timm.models import save_for_hf
 from torch import nn
 
 import sclzoo
@@ -30,30 +29,6 @@ from sclzoo.zoo.data import load_dataset
 from sclzoo.zoo.hub import load_model, resolve_model
 
 FAST = {"n_samples": 4, "methods": ["saliency"], "metrics": ["sparseness"], "progress": False}
-
-
-def timm_repo(folder: Path, arch: str = "test_resnet", *, in_chans: int = 3, num_classes: int = 10,
-              size: int = 32, data_config: dict[str, Any] | None = None, seed: int = 0) -> Path:
-    """A timm repo as timm writes it (config.json + model.safetensors), random weights."""
-    torch.manual_seed(seed)
-    model = timm.create_model(arch, num_classes=num_classes, in_chans=in_chans, pretrained=False).eval()
-    save_for_hf(model, folder, data_config=data_config or {"input_size": (in_chans, size, size)},
-                safe_serialization=True)
-    return folder
-
-
-def png_folder(root: Path, *, classes: tuple[int, ...] = (0, 1, 2), per_class: int = 3, size: int = 20,
-               mode: str = "L") -> Path:
-    """ROOT/<digit>/<id>.png from scikit-learn's digits (real images), resized to ``size``."""
-    digits = load_dataset("digits", "train")
-    for label in classes:
-        d = root / str(label)
-        d.mkdir(parents=True, exist_ok=True)
-        idx = np.flatnonzero(digits.labels.numpy() == label)[:per_class]
-        for i in idx:
-            arr = (digits.images[i, 0].numpy() * 255).astype(np.uint8)
-            Image.fromarray(arr).resize((size, size)).convert(mode).save(d / f"{i:04d}.png")
-    return root
 
 
 def _edit(repo: Path, fn: Any) -> None:

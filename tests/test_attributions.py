@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import conv_net, images, linear_model
 from torch import Tensor, nn
 
 from sclzoo.errors import ConfigError, UnknownNameError
@@ -13,32 +14,10 @@ from sclzoo.evaluator.metrics import sample_generator, stable_seed
 RANDOM_METHODS = ("gradient_shap", "smoothgrad", "expected_gradients")
 
 
-def linear_model() -> tuple[nn.Module, Tensor]:
+def hand_set_linear() -> tuple[nn.Module, Tensor]:
     """Logits = W·flatten(x) + b on 1×8×8 images with hand-set weights; returns (model, W (3, 64))."""
     weight = torch.linspace(-1.0, 1.0, 3 * 64).reshape(3, 64) * torch.tensor([1.0, -2.0, 0.5])[:, None]
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
-    with torch.no_grad():
-        model[1].weight.copy_(weight)
-        model[1].bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
-    return model.eval(), weight
-
-
-def conv_net(channels: int = 3) -> nn.Module:
-    """Two convs with their own non-inplace ReLUs, global pooling and a linear head (3 classes)."""
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(channels, 4, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(4, 4, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(4, 3),
-    ).eval()
-
-
-def images(n: int, c: int, h: int, seed: int = 1) -> Tensor:
-    return torch.rand(n, c, h, h, generator=torch.Generator().manual_seed(seed))
+    return linear_model(weight, torch.tensor([0.1, -0.2, 0.3])), weight
 
 
 def small_params(name: str, pool: Tensor) -> dict:
@@ -53,7 +32,7 @@ def small_params(name: str, pool: Tensor) -> dict:
 
 @pytest.mark.parametrize("name", METHODS.names())
 def test_every_method_returns_input_shape_on_conv_net(name: str) -> None:
-    model = conv_net()
+    model = conv_net(channels=3)
     x = images(2, 3, 12)
     x_before = x.clone()
     out = attribute(name, model, x, torch.tensor([0, 2]), **small_params(name, images(5, 3, 12, seed=9)))
@@ -72,7 +51,7 @@ def test_registry_entries_are_complete() -> None:
 
 
 def test_linear_model_saliency_input_x_gradient_integrated_gradients() -> None:
-    model, weight = linear_model()
+    model, weight = hand_set_linear()
     x = images(4, 1, 8)
     target = torch.tensor([0, 1, 2, 1])
     w_y = weight[target].view(4, 1, 8, 8)
@@ -90,7 +69,7 @@ def test_linear_model_saliency_input_x_gradient_integrated_gradients() -> None:
 
 
 def test_linear_model_expected_gradients_with_one_baseline() -> None:
-    model, weight = linear_model()
+    model, weight = hand_set_linear()
     x = images(3, 1, 8)
     target = torch.tensor([2, 0, 1])
     base = images(1, 1, 8, seed=5)
@@ -100,7 +79,7 @@ def test_linear_model_expected_gradients_with_one_baseline() -> None:
 
 def test_linear_model_gradient_shap_mixes_black_and_white() -> None:
     # Each draw contributes w_y (x − b_j) with b_j black or white: the result is w_y (x − q), q = share of white.
-    model, weight = linear_model()
+    model, weight = hand_set_linear()
     x = images(3, 1, 8)
     target = torch.tensor([0, 1, 2])
     out = attribute("gradient_shap", model, x, target)
@@ -146,7 +125,7 @@ def test_random_methods_do_not_depend_on_batch_composition(name: str) -> None:
 
 
 def test_smoothgrad_with_zero_noise_is_saliency() -> None:
-    model = conv_net()
+    model = conv_net(channels=3)
     x = images(2, 3, 10)
     target = torch.tensor([1, 2])
     torch.testing.assert_close(
@@ -169,7 +148,7 @@ def test_gradcam_uses_model_gradcam_layer_when_defined() -> None:
     class WithChoice(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.net = conv_net()
+            self.net = conv_net(channels=3)
 
         def forward(self, x: Tensor) -> Tensor:
             return self.net(x)
@@ -184,7 +163,7 @@ def test_gradcam_uses_model_gradcam_layer_when_defined() -> None:
 
 
 def test_gradcam_picks_last_conv_and_broadcasts_channels() -> None:
-    model = conv_net()
+    model = conv_net(channels=3)
     assert gradcam_layer(model) is model[2]
     out = attribute("gradcam", model, images(2, 3, 12), torch.tensor([0, 1]))
     assert torch.equal(out[:, 0], out[:, 1]) and torch.equal(out[:, 0], out[:, 2])
@@ -192,18 +171,18 @@ def test_gradcam_picks_last_conv_and_broadcasts_channels() -> None:
 
 
 def test_gradcam_without_conv_is_a_clear_error() -> None:
-    model, _ = linear_model()
+    model, _ = hand_set_linear()
     with pytest.raises(ConfigError, match="gradcam_layer"):
         attribute("gradcam", model, images(1, 1, 8), torch.tensor([0]))
 
 
 def test_expected_gradients_requires_baseline_pool() -> None:
     with pytest.raises(ConfigError, match="baseline_pool"):
-        attribute("expected_gradients", conv_net(), images(1, 3, 8), torch.tensor([0]))
+        attribute("expected_gradients", conv_net(channels=3), images(1, 3, 8), torch.tensor([0]))
     with pytest.raises(ConfigError, match="baseline_pool must be a tensor"):
         attribute(
             "expected_gradients",
-            conv_net(),
+            conv_net(channels=3),
             images(1, 3, 8),
             torch.tensor([0]),
             baseline_pool=images(2, 1, 8),
@@ -212,13 +191,13 @@ def test_expected_gradients_requires_baseline_pool() -> None:
 
 def test_unknown_method_and_parameter() -> None:
     with pytest.raises(UnknownNameError, match="Did you mean 'saliency'"):
-        attribute("salency", conv_net(), images(1, 3, 8), torch.tensor([0]))
+        attribute("salency", conv_net(channels=3), images(1, 3, 8), torch.tensor([0]))
     with pytest.raises(ConfigError, match="'n_step'.*n_steps"):
-        attribute("integrated_gradients", conv_net(), images(1, 3, 8), torch.tensor([0]), n_step=4)
+        attribute("integrated_gradients", conv_net(channels=3), images(1, 3, 8), torch.tensor([0]), n_step=4)
 
 
 def test_bad_inputs_are_config_errors() -> None:
-    model = conv_net()
+    model = conv_net(channels=3)
     with pytest.raises(ConfigError, match="long tensor"):
         attribute("saliency", model, images(2, 3, 8), torch.tensor([0.0, 1.0]))
     with pytest.raises(ConfigError, match=r"\(N, C, H, W\)"):
@@ -230,7 +209,7 @@ def test_bad_inputs_are_config_errors() -> None:
 @pytest.mark.parametrize("name", ["saliency", "deeplift", "gradcam", "smoothgrad"])
 def test_methods_work_inside_no_grad(name: str) -> None:
     # The runner may wrap evaluation in torch.no_grad(); gradient methods must still see gradients.
-    model = conv_net()
+    model = conv_net(channels=3)
     x = images(2, 3, 10)
     target = torch.tensor([0, 1])
     params = small_params(name, images(2, 3, 10))

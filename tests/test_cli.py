@@ -9,16 +9,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import run_main
 
-from sclzoo.evaluator.cli import cli, main
+from sclzoo.evaluator.cli import cli
 from sclzoo.evaluator.results import validate_result
-
-
-def run_main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main(args)
-    out, err = capsys.readouterr()
-    return int(e.value.code or 0), out, err
 
 
 def test_evaluate_happy_path_writes_valid_result_and_leaderboard(

@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from helpers import run_main
 
 from sclzoo.errors import ConfigError, ResultError
 from sclzoo.evaluator import api
 from sclzoo.evaluator.api import evaluate
-from sclzoo.evaluator.cli import main
 from sclzoo.evaluator.config import EvalConfig
 from sclzoo.evaluator.plots import explanation_grid_size
 from sclzoo.evaluator.results import read_samples, samples_path, validate_result
@@ -46,14 +46,6 @@ device = "cpu"
 [metric_params.deletion_auc]
 steps = 4
 """
-
-
-def run_main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main(args)
-    out, err = capsys.readouterr()
-    return int(e.value.code or 0), out, err
-
 
 def one_line(err: str) -> str:
     lines = err.strip().splitlines()

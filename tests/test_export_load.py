@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import pytest
 import timm
 import torch
 import yaml
+from helpers import sha256_tree
 
 from sclzoo.errors import ConfigError, ModelLoadError, ModelNotFoundError
 from sclzoo.zoo.data import load_dataset
@@ -28,22 +28,11 @@ from sclzoo.zoo.hub import ZOO_DIR, LoadedModel, load_model, registry_entries, r
 from sclzoo.zoo.recipe import Recipe
 from sclzoo.zoo.train import TrainOutput, save_checkpoint, train
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # One thread: on 2 shared cores two OpenMP threads spin against each other.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _snapshot(folder: Path) -> dict[str, str]:
-    return {str(f.relative_to(folder)): _sha(f) for f in sorted(folder.rglob("*")) if f.is_file()}
 
 
 def _load(path: Path) -> LoadedModel:
@@ -82,7 +71,7 @@ def repo_copy(exported: dict[str, Exported], tmp_path: Path) -> Path:
 def test_repo_layout_and_config(objective: str, exported: dict[str, Exported]) -> None:
     e = exported[objective]
     repo = e.repo
-    files = set(_snapshot(repo))
+    files = set(sha256_tree(repo))
     expected = {"config.json", "model.safetensors", "training.json", "README.md", "onnx/model.onnx"}
     if objective == "supcon":
         expected.add("projection_head.safetensors")
@@ -190,10 +179,10 @@ def test_loaded_model_gives_identical_logits(objective: str, exported: dict[str,
 
 def test_export_refuses_existing_folder(exported: dict[str, Exported], tmp_path: Path) -> None:
     e = exported["ce"]
-    before = _snapshot(e.repo)
+    before = sha256_tree(e.repo)
     with pytest.raises(ConfigError, match=r"already exists; pass --overwrite"):
         export_repo(e.ckpt, e.repo, onnx=False)
-    assert _snapshot(e.repo) == before
+    assert sha256_tree(e.repo) == before
     target = tmp_path / "again"
     target.mkdir()
     (target / "stale.txt").write_text("old")
@@ -217,10 +206,10 @@ def _edit_config(repo: Path, fn: Any) -> None:
 
 
 def _expect_load_error(repo: Path, match: str) -> None:
-    before = _snapshot(repo)
+    before = sha256_tree(repo)
     with pytest.raises(ModelLoadError, match=match):
         _load(repo)
-    assert _snapshot(repo) == before, "a failed load must not modify the folder"
+    assert sha256_tree(repo) == before, "a failed load must not modify the folder"
 
 
 def test_missing_config(repo_copy: Path) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import REPO_ROOT, png_folder, sha256_tree
 from hub_server import HubServer, free_port
 from huggingface_hub import HfApi
 
@@ -87,11 +88,6 @@ def ce_published(hub: HubServer, ce_folder: Path) -> PublishResult:
     return publish(ce_folder, CE_REPO, tag="v1", endpoint=hub.url, message="test publish")
 
 
-def _sha256_tree(folder: Path) -> dict[str, str]:
-    return {f.relative_to(folder).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest()
-            for f in sorted(folder.rglob("*")) if f.is_file()}
-
-
 def _sub_env(hf_home: Path, endpoint: str, offline: bool = False) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
     env.update(HF_HOME=str(hf_home), HF_HUB_CACHE=str(hf_home / "hub"), HF_ENDPOINT=endpoint,
@@ -126,7 +122,7 @@ def test_publish_round_trip_is_byte_identical(hub_env: HubServer, ce_folder: Pat
     assert ce_published.url == f"{hub_env.url}/{CE_REPO}"
     local = Path(snapshot_download(CE_REPO, revision="main", cache_dir=tmp_path / "cache"))
     assert local.name == ce_published.commit_sha
-    assert _sha256_tree(local) == _sha256_tree(ce_folder)
+    assert sha256_tree(local) == sha256_tree(ce_folder)
     api = HfApi(endpoint=hub_env.url, token=False)
     assert api.model_info(CE_REPO, revision="main").sha == ce_published.commit_sha
     assert api.model_info(CE_REPO, revision="v1").sha == ce_published.commit_sha
@@ -299,7 +295,7 @@ def test_publish_cli_prints_sha_and_url_and_replaces_stale_files(
     # republishing another folder makes the branch equal to it: the stale projector goes, in the same commit
     second = publish(ce_folder, repo)
     assert second.commit_sha != sha and second.tag is None
-    assert sorted(api.list_repo_files(repo, revision="main")) == sorted(_sha256_tree(ce_folder))
+    assert sorted(api.list_repo_files(repo, revision="main")) == sorted(sha256_tree(ce_folder))
     assert api.model_info(repo, revision="v1").sha == sha
 
 
@@ -380,7 +376,6 @@ def test_design_card_command_on_a_plain_timm_resnet18(hub: HubServer, tmp_path: 
     """`sclzoo evaluate --model user/supcon-resnet18 --dataset imagefolder:<PNGs>`: a ResNet-18 written by timm's
     own save function (random init, 10 classes, 32×32, nothing of sclzoo in its config), served by the Hub."""
     import timm
-    from test_any_model import png_folder
     from timm.models import save_for_hf
 
     torch.manual_seed(0)
@@ -421,9 +416,6 @@ def main_code(args: list[str]) -> int:
     with pytest.raises(SystemExit) as e:
         main(args)
     return int(e.value.code or 0)
-
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _silent_server(status: int | None) -> tuple[Any, str]:

@@ -5,19 +5,14 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
-from lb_synth import write_synthetic
+from helpers import TINY_EVAL_TOML, registry_toml, stub_evaluate
 
 from sclzoo.errors import ConfigError, ModelNotFoundError
 from sclzoo.evaluator.api import build_config
 from sclzoo.evaluator.results import read_maps
-from sclzoo.evaluator.update import load_registry, plan_update, predict_config_hash, run_update
-from sclzoo.zoo.hub import resolve_model
-
-TINY = 'n_samples = 4\nmethods = ["saliency"]\nmetrics = ["sparseness", "complexity"]\nbatch_size = 4\ndevice = "cpu"\n'
+from sclzoo.evaluator.update import load_registry, plan_update, run_update
 
 
 @pytest.fixture
@@ -28,41 +23,19 @@ def zoo(tmp_path: Path, bundled: dict[str, Path]) -> dict[str, Path]:
     for k in ("ce", "supcon"):
         shutil.copytree(bundled[k], models / bundled[k].name)
     reg = tmp_path / "zoo" / "registry.toml"
-    reg.write_text("".join(
-        f'[[models]]\nid = "sclzoo/{bundled[k].name}"\nrevision = "main"\nbundled = "models/{bundled[k].name}"\n\n'
-        for k in ("ce", "supcon")))
+    reg.write_text(registry_toml(bundled[k].name for k in ("ce", "supcon")))
     cfg = tmp_path / "tiny.toml"
-    cfg.write_text(TINY)
+    cfg.write_text(TINY_EVAL_TOML)
     return {"registry": reg, "config": cfg, "models": models, "results": tmp_path / "results",
             "out": tmp_path / "leaderboard", "ce": models / bundled["ce"].name,
             "supcon": models / bundled["supcon"].name}
-
-
-def _stub_evaluate(calls: list[str]) -> Any:
-    """Stands in for ``evaluate``: resolves the model like it, writes a synthetic result at the same path."""
-
-    class _Res:
-        def __init__(self, data: dict[str, Any]) -> None:
-            self.data = data
-
-    def fake(ref: str, *, revision: str | None, out: Path, config: Any, **_: Any) -> Any:
-        calls.append(Path(ref).name)
-        resolved = resolve_model(ref, revision)
-        h = predict_config_hash(config, resolved.path)
-        rng = np.random.default_rng(len(calls))
-        path = write_synthetic(Path(out), "ce" if "ce_" in ref else "supcon",
-                               {"saliency": {"sparseness": rng.normal(size=4), "complexity": rng.normal(size=4)}},
-                               repo_id=resolved.repo_id, commit_sha=resolved.commit_sha, config_hash=h)
-        return _Res(json.loads(path.read_text()))
-
-    return fake
 
 
 def test_second_run_evaluates_nothing_and_a_new_revision_only_itself(zoo: dict[str, Path]) -> None:
     cfg = build_config(None, None, zoo["config"])
     calls: list[str] = []
     kw = {"registry": zoo["registry"], "results_dir": zoo["results"], "out_dir": zoo["out"],
-          "evaluate_fn": _stub_evaluate(calls), "log": lambda s: None}
+          "evaluate_fn": stub_evaluate(calls), "log": lambda s: None}
     first = run_update(cfg, **kw)
     assert sorted(calls) == ["resnet8_cifar.ce_mnist5k", "resnet8_cifar.supcon_mnist5k"]
     assert [p.status for p in first.planned] == ["todo", "todo"]
@@ -93,7 +66,7 @@ def test_unavailable_models_fail_after_the_rest_unless_skipped(zoo: dict[str, Pa
     cfg = build_config(None, None, zoo["config"])
     calls: list[str] = []
     kw = {"registry": zoo["registry"], "results_dir": zoo["results"], "out_dir": zoo["out"],
-          "evaluate_fn": _stub_evaluate(calls), "log": lambda s: None}
+          "evaluate_fn": stub_evaluate(calls), "log": lambda s: None}
     with pytest.raises(ModelNotFoundError, match=r"1 registry model\(s\) could not be resolved: "
                                                  r"sclzoo/not-bundled-anywhere .*--skip-unavailable"):
         run_update(cfg, **kw)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from helpers import conv_net, images, linear_model
 from torch import Tensor, nn
 
 from sclzoo.errors import ConfigError, UnknownNameError
@@ -35,33 +36,6 @@ SMALL = {
     "local_lipschitz_estimate": {"n_perturbations": 3},
     "continuity": {"max_shift": 2},
 }
-
-
-def linear_model(weight: Tensor, bias: Tensor | None = None) -> nn.Module:
-    """Logits = weight · flatten(x) + bias, weight (classes, C·H·W), hand-set."""
-    model = nn.Sequential(nn.Flatten(), nn.Linear(weight.shape[1], weight.shape[0]))
-    with torch.no_grad():
-        model[1].weight.copy_(weight)
-        model[1].bias.copy_(torch.zeros(weight.shape[0]) if bias is None else bias)
-    return model.eval()
-
-
-def conv_net() -> nn.Module:
-    """1-channel tiny CNN, two non-inplace ReLUs, 3 classes."""
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1),
-        nn.ReLU(),
-        nn.Conv2d(4, 4, 3, padding=1),
-        nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(4, 3),
-    ).eval()
-
-
-def images(n: int, h: int = 8, seed: int = 1) -> Tensor:
-    return torch.rand(n, 1, h, h, generator=torch.Generator().manual_seed(seed))
 
 
 def context(model: nn.Module, x: Tensor, target: Tensor, attributions: Tensor, **kw) -> MetricContext:

@@ -27,13 +27,7 @@ RECIPES = Path(__file__).resolve().parent.parent / "zoo" / "recipes"
 STEPS_PER_EPOCH = (1497 - 100) // 64  # the last incomplete batch is dropped
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    # One thread: on 2 shared cores two OpenMP threads spin against each other (5× slower here).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _recipe(objective: str, **over: Any) -> Recipe:

@@ -1,4 +1,4 @@
-"""Result files and checkpoints as untrusted input (issue 16, result-file half): path traversal from a crafted
+"""Result files and checkpoints as untrusted input (the result-file half): path traversal from a crafted
 config hash, invalid result files skipped and listed (``--strict`` fails), ``validate`` against NaN literals and
 forged aggregates, checkpoint digests, run locks, leftovers of killed runs, ``--seed -1``, ``--resume --force``,
 and file modes under the user's umask. Everything is crafted by the tests; no model is run."""
@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_main as _run_main
 from lb_synth import write_synthetic
 
 from sclzoo.errors import ConfigError, ResultError
 from sclzoo.evaluator import results as results_mod
 from sclzoo.evaluator.api import _checkpointing
-from sclzoo.evaluator.cli import main
 from sclzoo.evaluator.config import EvalConfig
 from sclzoo.evaluator.leaderboard import _inside, _safe, scan_results
 from sclzoo.evaluator.results import (
@@ -39,11 +39,10 @@ N = 8
 
 
 def run_main(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as e:
-        main(args)
-    out, err = capsys.readouterr()
+    """``sclzoo ARGS`` in this process, which must not print a traceback."""
+    code, out, err = _run_main(args, capsys)
     assert "Traceback" not in out + err
-    return int(e.value.code or 0), out, err
+    return code, out, err
 
 
 def snapshot(root: Path, skip: Path | None = None) -> dict[str, bytes]:

@@ -1,4 +1,4 @@
-"""`leaderboard-update` with broken registry models (issue 16 item 7) and invalid result files: the healthy models
+"""`leaderboard-update` with broken registry models and invalid result files: the healthy models
 after a broken one are still evaluated and the leaderboard written; the failures are one error at the end
 (``skip_unavailable`` goes on with exit 0); ``strict`` refuses to rebuild from a folder with invalid results."""
 
@@ -7,18 +7,13 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
-from lb_synth import write_synthetic
+from helpers import TINY_EVAL_TOML, registry_toml, stub_evaluate
 
 from sclzoo.errors import ModelLoadError, ResultError
 from sclzoo.evaluator.api import build_config
-from sclzoo.evaluator.update import predict_config_hash, run_update
-from sclzoo.zoo.hub import resolve_model
-
-TINY = 'n_samples = 4\nmethods = ["saliency"]\nmetrics = ["sparseness", "complexity"]\nbatch_size = 4\ndevice = "cpu"\n'
+from sclzoo.evaluator.update import run_update
 
 
 @pytest.fixture
@@ -31,33 +26,10 @@ def zoo(tmp_path: Path, bundled: dict[str, Path]) -> dict[str, Path]:
     shutil.copytree(bundled["ce"], broken)
     (broken / "config.json").write_text("{not json")
     reg = tmp_path / "zoo" / "registry.toml"
-    reg.write_text("".join(f'[[models]]\nid = "sclzoo/{name}"\nrevision = "main"\nbundled = "models/{name}"\n\n'
-                           for name in ("broken", bundled["supcon"].name, bundled["ce"].name)))
+    reg.write_text(registry_toml(("broken", bundled["supcon"].name, bundled["ce"].name)))
     cfg = tmp_path / "tiny.toml"
-    cfg.write_text(TINY)
+    cfg.write_text(TINY_EVAL_TOML)
     return {"registry": reg, "config": cfg, "results": tmp_path / "results", "out": tmp_path / "leaderboard"}
-
-
-def stub_evaluate(calls: list[str]) -> Any:
-    """Writes a synthetic result where `evaluate` would; the SupCon model's evaluation raises instead."""
-
-    class _Res:
-        def __init__(self, data: dict[str, Any]) -> None:
-            self.data = data
-
-    def fake(ref: str, *, revision: str | None, out: Path, config: Any, **_: Any) -> Any:
-        calls.append(Path(ref).name)
-        if "supcon" in ref:
-            raise RuntimeError("weights and architecture disagree\n(second line of a long error)")
-        resolved = resolve_model(ref, revision)
-        h = predict_config_hash(config, resolved.path)
-        rng = np.random.default_rng(len(calls))
-        path = write_synthetic(Path(out), "ce", {"saliency": {"sparseness": rng.normal(size=4),
-                                                              "complexity": rng.normal(size=4)}},
-                               repo_id=resolved.repo_id, commit_sha=resolved.commit_sha, config_hash=h)
-        return _Res(json.loads(path.read_text()))
-
-    return fake
 
 
 def test_broken_models_do_not_stop_the_others(zoo: dict[str, Path], bundled: dict[str, Path]) -> None:
@@ -65,7 +37,7 @@ def test_broken_models_do_not_stop_the_others(zoo: dict[str, Path], bundled: dic
     calls: list[str] = []
     lines: list[str] = []
     kw = {"registry": zoo["registry"], "results_dir": zoo["results"], "out_dir": zoo["out"],
-          "evaluate_fn": stub_evaluate(calls), "log": lines.append}
+          "evaluate_fn": stub_evaluate(calls, fail_when="supcon"), "log": lines.append}
     with pytest.raises(ModelLoadError) as e:
         run_update(cfg, **kw)
     msg = str(e.value)
@@ -92,7 +64,7 @@ def test_invalid_result_files_are_listed_and_strict_refuses_them(zoo: dict[str, 
     bad.write_text('{"schema_version": 1, "scores": {}}')
     lines: list[str] = []
     kw = {"registry": zoo["registry"], "results_dir": zoo["results"], "out_dir": zoo["out"],
-          "evaluate_fn": stub_evaluate([]), "log": lines.append}
+          "evaluate_fn": stub_evaluate([], fail_when="supcon"), "log": lines.append}
     report = run_update(cfg, **kw)
     assert [s.file for s in report.skipped] == ["contributed/x.json"]
     i = next(i for i, line in enumerate(lines) if line.startswith("skipped 1 of 2 result file(s)"))
