@@ -26,10 +26,17 @@ import torch
 
 from sclzoo.errors import ConfigError, DatasetError, ModelLoadError, ResultError
 from sclzoo.evaluator.config import EvalConfig
+from sclzoo.evaluator.document import (
+    AccuracyRecord,
+    DatasetRecord,
+    ModelRecord,
+    ProvenanceRecord,
+    RunRecord,
+    build_result,
+    score_record,
+)
 from sclzoo.evaluator.metrics import METRICS
 from sclzoo.evaluator.results import (
-    SCHEMA_VERSION,
-    aggregate,
     check_writable,
     checkpoint_dir,
     read_checkpoint,
@@ -671,43 +678,41 @@ def _run(job: _Job, dev: torch.device, info: DistInfo, done: dict[int, BatchResu
     else:
         acc_torch = output.accuracy
     scores = {
-        m: {k: {"family": METRICS.get(k).family, "higher_is_better": METRICS.get(k).higher_is_better,
-                "version": METRICS.get(k).version, **aggregate(v, cfg.seed)} for k, v in d.items()}
+        m: {k: score_record(METRICS.get(k).family, METRICS.get(k).higher_is_better, METRICS.get(k).version, v,
+                            cfg.seed) for k, v in d.items()}
         for m, d in output.scores.items()
     }
     z = loaded.config.get("sclzoo", {})
-    doc = {
-        "schema_version": SCHEMA_VERSION,
-        "model": {
-            "id": resolved.repo_id, "requested_revision": resolved.requested_revision,
-            "commit_sha": resolved.commit_sha, "files_sha256": loaded.files_sha256,
-            "architecture": loaded.config["architecture"], "objective": z.get("objective", "unknown"),
-            "num_parameters": loaded.num_parameters, "source": resolved.source, "name": loaded.name,
-        },
-        "dataset": {"id": dataset_id, "split": plan.split, "n_total": len(data), "n_evaluated": cfg.n_samples,
-                    "indices_sha256": indices_sha, "split_sha256": data.split_sha256, "input_range": [0, 1],
-                    **plan.record},
-        "config": canonical,
-        "config_hash": config_hash,
-        "accuracy": {"torch": acc_torch, "onnx": acc_onnx},
-        "scores": scores,
-        "run": {
-            "sclzoo_version": _versions().get("sclzoo", "unknown"),
-            "git_revision": _git(),
-            "command": command or " ".join(["sclzoo", *sys.argv[1:]]),
-            "started_at": started.isoformat(timespec="seconds"),
-            "duration_s": round(time.time() - t0, 3),
-            "device_name": device_name(dev),
-            "deterministic": deterministic,
-            "world_size": info.world_size,
-            "versions": _versions(),
-            "timings_s": output.timings,
-            "perturbations_clamped": False,
-            **({"gradcam_layer": gradcam_layer_name(loaded.model, methods["gradcam"].get("layer"))}
-               if "gradcam" in methods else {}),
-        },
-        "provenance": {"source": provenance_source, "verified": False},
-    }
+    run = RunRecord(
+        sclzoo_version=_versions().get("sclzoo", "unknown"),
+        git_revision=_git(),
+        command=command or " ".join(["sclzoo", *sys.argv[1:]]),
+        started_at=started.isoformat(timespec="seconds"),
+        duration_s=round(time.time() - t0, 3),
+        device_name=device_name(dev),
+        deterministic=deterministic,
+        world_size=info.world_size,
+        versions=_versions(),
+        timings_s=output.timings,
+        perturbations_clamped=False,
+    )
+    if "gradcam" in methods:
+        run["gradcam_layer"] = gradcam_layer_name(loaded.model, methods["gradcam"].get("layer"))
+    doc = build_result(
+        model=ModelRecord(id=resolved.repo_id, requested_revision=resolved.requested_revision,
+                          commit_sha=resolved.commit_sha, files_sha256=loaded.files_sha256,
+                          architecture=loaded.config["architecture"], objective=z.get("objective", "unknown"),
+                          num_parameters=loaded.num_parameters, source=resolved.source, name=loaded.name),
+        dataset=DatasetRecord(id=dataset_id, split=plan.split, n_total=len(data), n_evaluated=cfg.n_samples,
+                              indices_sha256=indices_sha, split_sha256=data.split_sha256, input_range=[0, 1],
+                              **plan.record),
+        config=canonical,
+        config_hash=config_hash,
+        accuracy=AccuracyRecord(torch=acc_torch, onnx=acc_onnx),
+        scores=scores,
+        run=run,
+        provenance=ProvenanceRecord(source=provenance_source, verified=False),
+    )
     if path is not None and info.is_main:
         if output.example_maps:  # a few maps for the leaderboard's gallery; written before the result
             from sclzoo.evaluator.results import write_maps

@@ -1,0 +1,143 @@
+"""The result document, typed: one ``TypedDict`` per block of ``evaluator/result.schema.json``.
+
+:func:`build_result` assembles a document from its blocks; ``tests/test_document.py`` checks that the blocks'
+keys are exactly the schema's (required keys required, no key the schema does not know), so the code that writes
+results and the schema that validates them cannot drift apart. The format is described in
+docs/artifacts.md#result-files.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+import numpy as np
+
+from sclzoo.evaluator.results import SCHEMA_VERSION, aggregate
+
+__all__ = ["AccuracyRecord", "DatasetRecord", "ModelRecord", "ProvenanceRecord", "ResultDocument", "RunRecord",
+           "ScoreRecord", "build_result", "score_record"]
+
+
+class _ModelRequired(TypedDict):
+    id: str
+    requested_revision: str | None
+    commit_sha: str
+    files_sha256: dict[str, str]
+    architecture: str
+    objective: str
+    num_parameters: int
+    source: str
+
+
+class ModelRecord(_ModelRequired, total=False):
+    """Which weights were evaluated."""
+
+    name: str
+
+
+class _DatasetRequired(TypedDict):
+    id: str
+    split: str
+    n_total: int
+    n_evaluated: int
+    indices_sha256: str
+    input_range: list[int]
+
+
+class DatasetRecord(_DatasetRequired, total=False):
+    """Which images were explained (``id`` is what the config hash records)."""
+
+    split_sha256: str
+    class_names: list[str]
+    content_sha256: str
+    preprocess: dict[str, Any] | None
+    class_map: dict[str, Any]
+    folder: str
+
+
+class Accuracy(TypedDict, total=False):
+    value: float | None
+    n: int
+    note: str
+
+
+class _AccuracyRequired(TypedDict):
+    torch: Accuracy
+
+
+class AccuracyRecord(_AccuracyRequired, total=False):
+    """Top-1 accuracy on the whole split, per runtime (``onnx`` only with ``--runtime onnx``)."""
+
+    onnx: Accuracy | None
+
+
+class ScoreRecord(TypedDict):
+    """One (method, metric) aggregate: the metric's identity, then :func:`sclzoo.evaluator.results.aggregate`."""
+
+    family: str
+    higher_is_better: bool
+    version: int
+    mean: float | None
+    median: float | None
+    std: float | None
+    stderr: float | None
+    ci95: list[float | None]
+    n: int
+    n_nan: int
+
+
+class _RunRequired(TypedDict):
+    sclzoo_version: str
+    git_revision: str
+    command: str
+    started_at: str
+    duration_s: float
+    device_name: str
+    deterministic: bool
+    world_size: int
+    versions: dict[str, str]
+
+
+class RunRecord(_RunRequired, total=False):
+    """How the run went: execution facts, never part of the config hash."""
+
+    timings_s: dict[str, float]
+    perturbations_clamped: bool
+    gradcam_layer: str
+
+
+class ProvenanceRecord(TypedDict):
+    """Where the file comes from: ``verified`` only when sclzoo recomputed it."""
+
+    source: str
+    verified: bool
+
+
+class ResultDocument(TypedDict):
+    """A whole result file (``<config_hash>.json``)."""
+
+    schema_version: int
+    model: ModelRecord
+    dataset: DatasetRecord
+    config: dict[str, Any]
+    config_hash: str
+    accuracy: AccuracyRecord
+    scores: dict[str, dict[str, ScoreRecord]]
+    run: RunRecord
+    provenance: ProvenanceRecord
+
+
+def score_record(family: str, higher_is_better: bool, version: int, values: np.ndarray, seed: int) -> ScoreRecord:
+    """The aggregate of one (method, metric)'s per-sample scores, NaNs counted (never hidden)."""
+    agg = aggregate(values, seed)
+    return ScoreRecord(family=family, higher_is_better=higher_is_better, version=version, mean=agg["mean"],
+                       median=agg["median"], std=agg["std"], stderr=agg["stderr"], ci95=agg["ci95"], n=agg["n"],
+                       n_nan=agg["n_nan"])
+
+
+def build_result(*, model: ModelRecord, dataset: DatasetRecord, config: dict[str, Any], config_hash: str,
+                 accuracy: AccuracyRecord, scores: dict[str, dict[str, ScoreRecord]], run: RunRecord,
+                 provenance: ProvenanceRecord) -> ResultDocument:
+    """A result document of the current schema version from its blocks (key order as written to disk)."""
+    return ResultDocument(schema_version=SCHEMA_VERSION, model=model, dataset=dataset, config=config,
+                          config_hash=config_hash, accuracy=accuracy, scores=scores, run=run, provenance=provenance)
