@@ -1,4 +1,4 @@
-"""Attribution methods of ``spec/metrics.md`` §2: captum adapters behind one registry.
+"""Attribution methods (docs/protocol.md#attribution-methods): captum adapters behind one registry.
 
 Every method maps ``(model, x, target)`` to a tensor of x's shape (N, C, H, W). Models take [0, 1] pixels and
 return logits, are in eval mode and use separate, non-inplace ReLU modules (DeepLift and GuidedBackprop hook

@@ -1,4 +1,5 @@
-"""Objective comparison (metrics.md §4): paired tests between models trained with different objectives.
+"""Objective comparison (docs/protocol.md#objective-comparison): paired tests between models trained with
+different objectives.
 
 Two results are compared only when they explain **the same images** under **the same evaluation config**: same
 architecture, dataset, ``indices_sha256`` and config hash. For each (method, metric) both results scored, the

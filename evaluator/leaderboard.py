@@ -1,4 +1,4 @@
-"""The leaderboard: a pure function of a folder of result files (artifacts.md §4).
+"""The leaderboard: a pure function of a folder of result files (docs/artifacts.md#leaderboard).
 
 ``build_leaderboard(results_dir)`` reads every result ``*.json`` and groups rows by comparable configuration:
 rows are ranked together only when their config hash agrees (the hash covers the dataset, images, target, seed

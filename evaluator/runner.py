@@ -233,7 +233,7 @@ def auto_batch_size(model: nn.Module, images: Tensor, methods: dict[str, dict[st
                     *, cpu_default: int = 64, cap: int = 1024, baseline_pool: Tensor | None = None) -> int:
     """The ``--batch-size auto`` choice.
 
-    On CPU: ``cpu_default`` (batches of 64–512 run at the same speed on CPU and larger ones are slower). On CUDA:
+    On CPU: ``cpu_default`` (larger batches are no faster on a CPU; measured in README.md, "Speed"). On CUDA:
     explains a probe batch of up to 8 images with every selected method, measures the peak memory per image and
     picks :func:`choose_batch_size` of the free memory.
     """
@@ -262,7 +262,7 @@ def auto_batch_size(model: nn.Module, images: Tensor, methods: dict[str, dict[st
 
 def channels_last_on_cpu(model: nn.Module) -> nn.Module:
     """A copy of ``model`` in PyTorch's channels_last layout, the fastest measured for explanations on a CPU
-    (saliency on the bundled ResNet-8: 2,440 vs 1,850 img/s; ResNet-18 on 28×28: 84 vs 72 img/s, 2 threads).
+    (README.md, "Speed").
 
     Attributions change only by float rounding: ≤ 1e-6 of the map's peak for saliency, Grad-CAM, guided backprop
     and DeepLift on the zoo models, up to 1e-3 for integrated gradients (its sums over many steps); metric means

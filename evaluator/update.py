@@ -1,4 +1,5 @@
-"""Registry-driven leaderboard updates (artifacts.md §4): evaluate only what is new, then rebuild the leaderboard.
+"""Registry-driven leaderboard updates (docs/artifacts.md#registry-driven-updates): evaluate only what is new,
+then rebuild the leaderboard.
 
 For each model of the registry (``zoo/registry.toml`` by default) the update resolves the model — its bundled
 folder when present, else the Hub id at its tracked revision — and predicts the config hash of the evaluation

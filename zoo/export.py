@@ -1,4 +1,5 @@
-"""Trained checkpoint → zoo repo (artifacts.md §2): config.json, safetensors, training.json, ONNX, model card.
+"""Trained checkpoint → zoo repo (docs/artifacts.md#zoo-repo-layout): config.json, safetensors, training.json,
+ONNX, model card.
 
 A zoo repo is what ``sclzoo publish`` uploads and what ``sclzoo evaluate --model`` loads. Files are written into a
 temporary folder beside the target and moved into place at the end, so a failed export leaves nothing half-way.
