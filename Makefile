@@ -102,3 +102,4 @@ clean:
 # Timing of sclzoo's metric suite vs Quantus 0.6.0 vs the model-call floor (minutes; run on a quiet machine).
 bench: install
 	$(BIN)/python bench/bench_metrics.py --out build/bench
+	$(BIN)/python bench/bench_contention.py --out build/bench
