@@ -60,7 +60,7 @@ def test_every_metric_declares_family_direction_version_cost() -> None:
         assert metric_defaults(name) == spec.defaults and metric_defaults(name) is not spec.defaults
 
 
-def test_costs_follow_the_spec() -> None:
+def test_costs_follow_the_protocol() -> None:
     assert metric_cost("faithfulness_correlation") == (101, 0)
     assert metric_cost("deletion_auc") == (33, 0)
     assert metric_cost("insertion_auc", steps=8) == (9, 0)
