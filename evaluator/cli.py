@@ -109,49 +109,9 @@ def ls_cmd(what: str, as_json: bool) -> None:
 
 
 def _registry_rows(what: str) -> list[dict[str, Any]]:
-    if what == "models":
-        from sclzoo.zoo.hub import ZOO_DIR, registry_entries
+    from sclzoo.evaluator.listing import rows  # stored rows: no torch import (evaluator/listing.py)
 
-        rows = []
-        for e in registry_entries():
-            folder = ZOO_DIR / e["bundled"] if e.get("bundled") else None
-            acc = ""
-            if folder is not None and (folder / "training.json").is_file():
-                acc = f"{json.loads((folder / 'training.json').read_text())['accuracy']['torch']['test']:.4f}"
-            rows.append({"alias": e.get("alias", ""), "id": e["id"], "revision": e.get("revision", "main"),
-                         "objective": e.get("objective", ""), "test_acc": acc,
-                         "bundled": "yes" if folder is not None and folder.is_dir() else "no"})
-        return rows
-    if what == "objectives":
-        from sclzoo.zoo.losses import OBJECTIVES
-
-        return [{"name": n, "contrastive": o.contrastive, "variant": o.variant, "defaults": json.dumps(o.defaults)}
-                for n, o in OBJECTIVES.items()]
-    if what == "methods":
-        from sclzoo.evaluator.attributions import METHODS
-
-        return [{"name": n, "captum": s.captum, "defaults": json.dumps(s.defaults, default=str),
-                 "description": s.description} for n, s in METHODS.items()]
-    if what == "metrics":
-        from sclzoo.evaluator.metrics import METRICS, metric_cost
-
-        rows = []
-        for n, s in METRICS.items():
-            f, e = metric_cost(n)
-            rows.append({"name": n, "family": s.family, "better": "higher" if s.higher_is_better else "lower",
-                         "version": s.version, "cost": f"{f}F+{e}E", "defaults": json.dumps(s.defaults)})
-        return rows
-    if what == "datasets":
-        from sclzoo.zoo.data import DATASETS
-
-        rows = [{"name": n, "description": (fn.__doc__ or "").strip().splitlines()[0]} for n, fn in DATASETS.items()]
-        rows.append({"name": "imagefolder:PATH", "description": "your images: PATH/<class>/*.png (flat; --split all "
-                     "= the whole folder, default) or PATH/{train,val,test}/<class>/*; RGB or grey, any size "
-                     "(resized to the model's input)"})
-        return rows
-    from sclzoo.zoo.models import ARCHITECTURES
-
-    return [{"name": n, **{k: str(v) for k, v in a.items()}} for n, a in ARCHITECTURES.items()]
+    return rows(what)
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:

@@ -38,15 +38,15 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from sclzoo.errors import ConfigError, HubError, ModelLoadError, ModelNotFoundError, transport_errors
 from sclzoo.zoo.catalog import REGISTRY_FILE, load_registry
-from sclzoo.zoo.hf_transformers import is_transformers_config
-from sclzoo.zoo.preprocess import DataConfig, PixelModel
+
+if TYPE_CHECKING:  # torch, timm and the modules that need them load only when a model is built
+    from torch import nn
+
+    from sclzoo.zoo.preprocess import DataConfig
 
 __all__ = ["ResolvedModel", "LoadedModel", "resolve_model", "load_model", "from_module", "registry_entries",
            "content_commit", "module_commit", "sha256_file", "parse_config", "hub_timeout", "ZOO_DIR"]
@@ -204,6 +204,8 @@ def content_commit(path: Path) -> str:
 
 def module_commit(module: nn.Module) -> str:
     """A 40-hex content id of a module: hash of its state_dict (names, dtypes, shapes and bytes, in order)."""
+    import torch
+
     h = hashlib.sha1(b"sclzoo-state-dict-v1\0")
     for name, t in module.state_dict().items():
         t = t.detach().cpu().contiguous()
@@ -324,6 +326,8 @@ def _hub(ref: str, repo_id: str, revision: str | None) -> ResolvedModel:
     """Reads the repo's file list, downloads config.json, checks it, then only the weights and the files it
     lists (never a pickle file)."""
     from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
+
+    from sclzoo.zoo.hf_transformers import is_transformers_config
 
     rev = revision or "main"
     if constants.HF_HUB_OFFLINE:  # the cache holds what an earlier, checked download fetched
@@ -567,6 +571,8 @@ def parse_config(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
         ModelLoadError: a missing or ill-typed key, a key outside the allow-list in ``model_args``, an unknown
             architecture (with "did you mean"), a bad ``files_sha256`` entry, or inconsistent class counts.
     """
+    from sclzoo.zoo.preprocess import DataConfig
+
     where = f"config.json of {where!r}"
     for key in ("architecture", "num_classes", "pretrained_cfg"):
         if key not in raw:
@@ -689,6 +695,7 @@ def _build(arch: str, num_classes: int, args: dict[str, Any], repo: str, shapes:
            weights_name: str) -> nn.Module:
     """Builds on the meta device (no memory), checks size and shapes against the weights, then builds for real."""
     import timm
+    import torch
 
     def create() -> nn.Module:
         return timm.create_model(arch, pretrained=False, num_classes=num_classes, **args)
@@ -728,6 +735,8 @@ def check_logits(model: nn.Module, input_size: tuple[int, int, int], num_classes
     Raises:
         ModelLoadError: the output is not a (N, classes) tensor, or K differs from ``num_classes``.
     """
+    import torch
+
     try:
         with torch.no_grad():
             out = model(torch.zeros(2, *input_size))
@@ -749,6 +758,8 @@ def _finish(net: nn.Module, dc: DataConfig | None) -> nn.Module:
     for p in net.parameters():
         p.requires_grad_(False)
     if dc is not None and dc.normalises:
+        from sclzoo.zoo.preprocess import PixelModel
+
         return PixelModel(net, dc.mean, dc.std).eval()
     return net
 
@@ -770,6 +781,9 @@ def load_model(resolved: ResolvedModel, verify: bool = True,
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
+
+    from sclzoo.zoo.hf_transformers import is_transformers_config
+    from sclzoo.zoo.preprocess import DataConfig
 
     path, repo = resolved.path, resolved.repo_id
     if resolved.config is not None:
@@ -835,6 +849,10 @@ def from_module(module: nn.Module, model_id: str, preprocess: Mapping[str, Any] 
         ConfigError: ``model_id`` is not ``org/name``, or ``module`` is not an ``nn.Module``.
         ModelLoadError: its output on the input size is not (N, K) logits.
     """
+    from torch import nn
+
+    from sclzoo.zoo.preprocess import DataConfig
+
     if not isinstance(module, nn.Module):
         raise ConfigError(f"model must be a reference string or an nn.Module, got {type(module).__name__}")
     if not isinstance(model_id, str) or not REPO_ID.match(model_id):
@@ -858,6 +876,8 @@ def from_module(module: nn.Module, model_id: str, preprocess: Mapping[str, Any] 
 def module_data_config(loaded: LoadedModel, image_size: tuple[int, int, int],
                        preprocess: Mapping[str, Any] | None) -> LoadedModel:
     """Gives a Python module without an input size the dataset's size (no resize, no normalisation)."""
+    from sclzoo.zoo.preprocess import DataConfig
+
     if loaded.data_config is not None:
         return loaded
     base = {"input_size": list(image_size), "mean": (0.0,), "std": (1.0,), "crop_pct": 1.0,

@@ -1,8 +1,8 @@
 """Architectures of the zoo, registered in timm's model registry.
 
-After ``import sclzoo`` (which imports this module) ``timm.create_model("resnet8_cifar", in_chans=1,
-num_classes=10)`` builds a zoo network, and ``timm.create_model("hf-hub:org/name", pretrained=True)`` loads a
-published zoo repo.
+After ``import sclzoo`` (which imports this module once timm is imported: sclzoo/__init__.py)
+``timm.create_model("resnet8_cifar", in_chans=1, num_classes=10)`` builds a zoo network, and
+``timm.create_model("hf-hub:org/name", pretrained=True)`` loads a published zoo repo.
 
 Every network takes images in **[0, 1] pixel space**; the dataset's mean/std normalisation is the first layer
 (:class:`Normalize`), so attribution baselines and perturbations are in pixel units for every model. For the same
