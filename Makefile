@@ -15,12 +15,16 @@ ZOO     := $(DEMO_ZOO)
 DEMO_METHODS ?= saliency,integrated_gradients,gradcam
 DEMO_METRICS ?= faithfulness_correlation,deletion_auc,insertion_auc,sparseness,complexity,effective_complexity,max_sensitivity,avg_sensitivity
 
-.PHONY: install demo test test-slow test-all lint zoo cards cards-check leaderboard clean help bench
+.PHONY: install demo test test-integration test-reference test-slow test-all lint zoo cards cards-check leaderboard clean help bench
 
 help:
 	@echo "make install   create $(VENV) and install sclzoo with pinned torch (idempotent)"
 	@echo "make demo      evaluate the bundled zoo on $(N) MNIST-5k test images and print the leaderboard"
-	@echo "make test      run the test suite (fast tests; 'make test-all' adds the slow ones)"
+	@echo "make test      the unit tier (needs neither chromium nor olah); README: Development"
+	@echo "make test-integration  CLI end to end, loopback Hub (builds $(OLAH_VENV)), browser, jobs, leaderboard updates"
+	@echo "make test-reference    agreement with Quantus and captum"
+	@echo "make test-slow the slow tests (training, torchrun)"
+	@echo "make test-all  every tier in one run"
 	@echo "make lint      ruff + mypy"
 	@echo "make zoo       retrain and re-export the bundled zoo from zoo/recipes/"
 	@echo "make cards     re-render the model cards (README.md) of the bundled zoo from their data"
@@ -41,8 +45,8 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 	@echo "== installed: $(BIN)/sclzoo"
 
-# The test Hub's read side (tests/hub_server.py) for tests/test_hub.py; only the tests need it (tests create it
-# too when it is missing).
+# The test Hub's read side (tests/hub_server.py) for tests/test_hub.py; only the integration tier needs it (its
+# fixture creates it too when it is missing).
 $(OLAH_STAMP):
 	@command -v git >/dev/null 2>&1 || { echo "olah needs git: install it (e.g. apt-get install git)" >&2; exit 1; }
 	@echo "== installing olah into $(OLAH_VENV) for the test Hub (~20 s)"
@@ -62,10 +66,18 @@ demo: install
 	@echo
 	@$(BIN)/python -m sclzoo.evaluator.summary $(DEMO)/leaderboard
 
-test: install $(OLAH_STAMP)
-	$(PYTEST) -m "not slow" -q
+# Test tiers (markers; tests/conftest.py puts every test without one in `unit` and sets each tier's timeout).
+# `slow` wins over a module's integration/reference mark, hence the "and not slow".
+test: install
+	$(PYTEST) -m unit -q
 
-test-slow: install $(OLAH_STAMP)
+test-integration: install $(OLAH_STAMP)
+	$(PYTEST) -m "integration and not slow" -q
+
+test-reference: install
+	$(PYTEST) -m "reference and not slow" -q
+
+test-slow: install
 	$(PYTEST) -m slow -q
 
 test-all: install $(OLAH_STAMP)

@@ -1,4 +1,18 @@
-"""Shared fixtures: no network, Hub cache in a temp dir, small threads, the bundled zoo paths."""
+"""Shared fixtures (no network, Hub cache in a temp dir, small threads, the bundled zoo paths) and the test tiers.
+
+Tiers (markers registered in pyproject.toml, one Makefile target each; README "Development" says what they need):
+
+- ``unit``: everything not marked otherwise (added here, so a new test lands in the fast tier); ``make test``.
+- ``integration``: the command line end to end, the loopback Hub (olah), the browser, evaluation jobs,
+  leaderboard updates; ``make test-integration``.
+- ``reference``: agreement with the reference implementations (Quantus, captum); ``make test-reference``.
+- ``slow``: minutes each (training, torchrun); ``make test-slow``. ``slow`` wins over a module's
+  ``integration`` or ``reference`` mark, so the targets select ``integration and not slow`` and so on.
+
+Each tier has a per-test timeout (``TIER_TIMEOUT_S``; pytest-timeout) unless a test sets its own with
+``@pytest.mark.timeout``. With ``SCLZOO_NO_SKIPS=1`` (CI's ``.ci/run``) a skipped test fails, except a ``gpu``
+test on a machine without CUDA and a test marked ``may_skip``.
+"""
 
 from __future__ import annotations
 
@@ -68,3 +82,59 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------------------------------------------- test tiers
+TIERS = ("unit", "integration", "reference", "slow")
+#: Per-test limit (setup + call + teardown) in seconds. No test took over 20 s on a busy 2-core machine (the
+#: README's "Development" section has the tiers' times); the limits leave room for a slower CI machine, the
+#: integration and slow ones for the tests' own subprocess timeouts (tests/test_hub.py waits up to 300 s for
+#: an evaluation, tests/test_eval_jobs.py up to 600 s) and for creating .venv-olah on first use.
+TIER_TIMEOUT_S = {"unit": 60, "integration": 600, "reference": 120, "slow": 900}
+
+
+def tier_of(item: pytest.Item) -> str:
+    """The tier of a collected test: ``slow`` if marked slow, else its ``integration`` or ``reference`` mark, else
+    ``unit``. A test marked with two of unit, integration and reference is an error."""
+    marks = {m.name for m in item.iter_markers() if m.name in TIERS}
+    if "slow" in marks:
+        return "slow"
+    if len(marks) > 1:
+        raise pytest.UsageError(f"{item.nodeid} is marked {' and '.join(sorted(marks))}; a test has one tier "
+                                f"of {', '.join(TIERS)} (slow may be added to any)")
+    return marks.pop() if marks else "unit"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        tier = tier_of(item)
+        if tier == "unit":
+            item.add_marker(pytest.mark.unit)
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(TIER_TIMEOUT_S[tier]))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Under ``SCLZOO_NO_SKIPS=1`` a skip is a failure naming the skip's reason (CI must not pass by skipping the
+    browser, the Hub, Quantus or git)."""
+    outcome = yield
+    rep = outcome.get_result()  # type: ignore[attr-defined]
+    if (os.environ.get("SCLZOO_NO_SKIPS") != "1" or not rep.skipped or hasattr(rep, "wasxfail")
+            or item.get_closest_marker("gpu") is not None or item.get_closest_marker("may_skip") is not None):
+        return
+    reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+    rep.outcome = "failed"
+    rep.longrepr = f"skipped where SCLZOO_NO_SKIPS=1 allows no skip: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    """Under ``SCLZOO_NO_SKIPS=1`` a module that skips as a whole (e.g. tests/test_agreement.py without Quantus
+    0.6.0) is a collection error."""
+    outcome = yield
+    rep = outcome.get_result()  # type: ignore[attr-defined]
+    if os.environ.get("SCLZOO_NO_SKIPS") == "1" and rep.skipped:
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        rep.outcome = "failed"
+        rep.longrepr = f"{collector.nodeid} skipped where SCLZOO_NO_SKIPS=1 allows no skip: {reason}"

@@ -46,6 +46,9 @@ from quantus.helpers.utils import calculate_auc  # noqa: E402
 if quantus.__version__ != "0.6.0":  # the traps below are those of 0.6.0; another version needs a re-read
     pytest.skip(f"written against Quantus 0.6.0, found {quantus.__version__}", allow_module_level=True)
 
+# Tier (tests/conftest.py): agreement with the reference implementations.
+pytestmark = pytest.mark.reference
+
 N_IMAGES = 16
 SEED = 3
 #: Non-trivial global ids, so a test would notice draws keyed by batch position instead of sample id.

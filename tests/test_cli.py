@@ -15,6 +15,7 @@ from sclzoo.evaluator.cli import cli
 from sclzoo.evaluator.results import validate_result
 
 
+@pytest.mark.integration
 def test_evaluate_happy_path_writes_valid_result_and_leaderboard(
     bundled: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -72,6 +73,7 @@ def test_usage_error_exit_code_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 2 and "--model" in err
 
 
+@pytest.mark.integration
 def test_debug_env_shows_traceback(tmp_path: Path) -> None:
     env = {"SCLZOO_DEBUG": "1", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path)}
     p = subprocess.run([sys.executable, "-m", "sclzoo", "evaluate", "--model", "no-such-model-xyz"],

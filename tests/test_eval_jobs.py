@@ -47,6 +47,10 @@ device = "cpu"
 steps = 4
 """
 
+# Tier (tests/conftest.py): evaluation jobs end to end (the killed-run and torchrun tests are slow).
+pytestmark = pytest.mark.integration
+
+
 def one_line(err: str) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
@@ -169,6 +173,7 @@ def test_corrupt_checkpoint_on_resume_is_one_line_naming_the_file(
 
 
 @pytest.mark.slow
+@pytest.mark.may_skip  # skips when the run finished before it could be killed
 def test_killed_subprocess_resumes_to_the_identical_result(bundled: dict[str, Path], tmp_path: Path) -> None:
     """A real SIGKILL after the first checkpointed batch, then `--resume` in a new process."""
     cfg = tmp_path / "cheap.toml"

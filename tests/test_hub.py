@@ -34,6 +34,10 @@ from sclzoo.zoo.publish import PublishResult, publish
 CE_REPO = "sclzoo-test/ce-mnist"
 EVAL_ARGS = ["--n-samples", "2", "--methods", "saliency", "--metrics", "sparseness,deletion_auc", "--quiet"]
 
+# Tier (tests/conftest.py): needs olah in .venv-olah (`make test-integration` builds it; the `hub` fixture
+# creates it when missing, which needs git and the package index) and a free loopback port.
+pytestmark = pytest.mark.integration
+
 
 # ------------------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="session")

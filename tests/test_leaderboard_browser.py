@@ -21,6 +21,9 @@ from lb_synth import shifted_zoo, write_synthetic
 
 from sclzoo.evaluator.leaderboard import write_leaderboard
 
+# Tier (tests/conftest.py): needs chromium.
+pytestmark = pytest.mark.integration
+
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
 

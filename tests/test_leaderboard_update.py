@@ -14,6 +14,9 @@ from sclzoo.evaluator.api import build_config
 from sclzoo.evaluator.results import read_maps
 from sclzoo.evaluator.update import load_registry, plan_update, run_update
 
+# Tier (tests/conftest.py): leaderboard updates end to end.
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def zoo(tmp_path: Path, bundled: dict[str, Path]) -> dict[str, Path]:

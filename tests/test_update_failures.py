@@ -15,6 +15,9 @@ from sclzoo.errors import ModelLoadError, ResultError
 from sclzoo.evaluator.api import build_config
 from sclzoo.evaluator.update import run_update
 
+# Tier (tests/conftest.py): leaderboard updates end to end.
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def zoo(tmp_path: Path, bundled: dict[str, Path]) -> dict[str, Path]:
