@@ -385,22 +385,27 @@ def explain_cmd(model_ref: str, images: str, methods: str, out_file: str, revisi
 Examples:
   sclzoo leaderboard results/ --out leaderboard/
   sclzoo leaderboard contributed/ --out /tmp/lb --strict   # any invalid result file is an error (CI)
+  sclzoo leaderboard shard-a/ shard-b/ shard-c/ --out lb/  # merge CI artefacts; duplicates are one row
 """)
-@click.argument("results_dir", type=click.Path(file_okay=False))
+@click.argument("results_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--quiet", is_flag=True, help="Do not print the Markdown table.")
 @click.option("--strict", is_flag=True,
-              help="Fail (exit 1, nothing written) when a result file is invalid, instead of skipping it.")
-def leaderboard_cmd(results_dir: str, out_dir: str, quiet: bool, strict: bool) -> None:
-    """Rank every result in RESULTS_DIR and compare objectives.
+              help="Fail (exit 1, nothing written) when a result file is invalid or two results of the same "
+                   "weights and config disagree, instead of skipping them.")
+def leaderboard_cmd(results_dirs: tuple[str, ...], out_dir: str, quiet: bool, strict: bool) -> None:
+    """Rank every result in RESULTS_DIRS (one folder or several) and compare objectives.
 
     Writes leaderboard.json, leaderboard.csv (+ .parquet with pyarrow), compare.json, LEADERBOARD.md and a static
     index.html with figures in img/. Result files are checked first (schema, NaN, aggregates against the
-    per-sample scores); invalid ones are skipped and listed at the end, one line each.
+    per-sample scores); invalid ones are skipped and listed at the end, one line each. Results of the same weights
+    and config hash (however the model was loaded, in whichever folder) are one row: copies with equal scores are
+    listed as duplicates, copies with other scores as conflicts.
     """
     from sclzoo.evaluator.leaderboard import scan_results, write_leaderboard
 
-    scan = scan_results(results_dir)
+    results_dir = results_dirs[0] if len(results_dirs) == 1 else ", ".join(results_dirs)
+    scan = scan_results(list(results_dirs))
     if strict:
         _fail_on_skipped(scan, results_dir)
     paths = write_leaderboard(scan, out_dir)
@@ -413,18 +418,20 @@ def leaderboard_cmd(results_dir: str, out_dir: str, quiet: bool, strict: bool) -
 def _report_skipped(scan: Any, results_dir: str) -> None:
     """The summary of skipped result files (stderr): one header line, then one line per file."""
     if scan.skipped:
-        click.echo(f"skipped {len(scan.skipped)} of {scan.n_files} result file(s) under {results_dir} (invalid; "
-                   "`sclzoo validate FILE` lists every problem, --strict makes this an error):", err=True)
+        click.echo(f"skipped {len(scan.skipped)} of {scan.n_files} result file(s) under {results_dir} (invalid, "
+                   "duplicate or conflicting; `sclzoo validate FILE` lists every problem, --strict makes invalid "
+                   "and conflicting files an error):", err=True)
         for s in scan.skipped:
             click.echo(f"  {s.file}: {s.reason}", err=True)
 
 
 def _fail_on_skipped(scan: Any, results_dir: str) -> None:
-    if scan.skipped:
-        for s in scan.skipped:
+    bad = [s for s in scan.skipped if not s.reason.startswith("duplicate of ")]
+    if bad:
+        for s in bad:
             click.echo(f"invalid {s.file}: {s.reason}", err=True)
-        raise ResultError(f"{len(scan.skipped)} of {scan.n_files} result file(s) under {results_dir!r} are invalid "
-                          "(listed above); fix or delete them, or drop --strict to rank the others")
+        raise ResultError(f"{len(bad)} of {scan.n_files} result file(s) under {results_dir!r} are invalid or "
+                          "conflicting (listed above); fix or delete them, or drop --strict to rank the others")
 
 
 # ------------------------------------------------------------------------------------------- leaderboard-update
@@ -472,20 +479,22 @@ def leaderboard_update_cmd(registry: str | None, results_dir: str, out_dir: str,
 @cli.command("validate", epilog="""\b
 Examples:
   sclzoo validate results/local__resnet8_cifar.ce_mnist5k/*/*.json
+  sclzoo validate leaderboard/leaderboard.json leaderboard/compare.json
 """)
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 def validate_cmd(files: tuple[str, ...]) -> None:
-    """Check result files against the shipped JSON Schema and their per-sample files.
+    """Check result files, leaderboard.json or compare.json against the shipped JSON Schemas.
 
-    Rejects NaN/Infinity literals, aggregates (n, n_nan, mean, median, std, stderr) that disagree with the
-    per-sample scores, sample ids that are not the recorded ones, and a file name that is not its config hash.
+    Result files are also checked against their per-sample files: NaN/Infinity literals, aggregates (n, n_nan,
+    mean, median, std, stderr) that disagree with the per-sample scores, sample ids that are not the recorded
+    ones, and a file name that is not its config hash are rejected.
     """
-    from sclzoo.evaluator.results import validate_result
+    from sclzoo.evaluator.results import validate_file
 
     bad = 0
     for f in files:
         try:
-            problems = validate_result(f)
+            _, problems = validate_file(f)
         except ResultError as e:
             problems = [str(e)]
         if problems:
@@ -496,7 +505,7 @@ def validate_cmd(files: tuple[str, ...]) -> None:
         else:
             click.echo(f"ok      {f}")
     if bad:
-        raise ResultError(f"{bad} of {len(files)} result file(s) are invalid (see above)")
+        raise ResultError(f"{bad} of {len(files)} file(s) are invalid (see above)")
 
 
 # ------------------------------------------------------------------------------------------------------ publish

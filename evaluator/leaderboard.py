@@ -29,7 +29,8 @@ import io
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from importlib import util
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ from sclzoo.evaluator.results import (
     read_samples,
     result_path,
     samples_path,
+    weights_id,
 )
 from sclzoo.vocab import FAMILIES
 
@@ -55,8 +57,11 @@ __all__ = ["LoadedResult", "SkippedFile", "ResultScan", "scan_results", "load_re
            "build_leaderboard", "write_leaderboard", "format_markdown", "CSV_COLUMNS"]
 
 GALLERY_SAMPLES = 6
-CSV_COLUMNS = ["config_hash", "dataset", "model", "name", "objective", "architecture", "commit_sha", "accuracy",
-               "n_evaluated", "method", "metric", "family", "higher_is_better", "version", "mean", "ci95_low",
+#: Version of leaderboard.json / compare.json (evaluator/leaderboard.schema.json, compare.schema.json).
+LEADERBOARD_SCHEMA_VERSION = 1
+COMPARE_SCHEMA_VERSION = 1
+CSV_COLUMNS = ["config_hash", "dataset", "model", "name", "objective", "architecture", "commit_sha", "weights_id",
+               "accuracy", "n_evaluated", "method", "metric", "family", "higher_is_better", "version", "mean", "ci95_low",
                "ci95_high", "n", "n_nan", "rank", "file"]
 
 
@@ -70,6 +75,7 @@ class LoadedResult:
         samples: Per-sample records, or None when the samples file is missing or corrupt.
         maps: Stored example maps (:func:`~sclzoo.evaluator.results.read_maps`), or None.
         problems: Why samples or maps could not be used.
+        also_as: Other model ids under which results of the same weights and config were found (one row).
     """
 
     file: str
@@ -77,6 +83,7 @@ class LoadedResult:
     samples: list[dict[str, Any]] | None
     maps: dict[str, Any] | None
     problems: tuple[str, ...] = ()
+    also_as: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -164,51 +171,87 @@ def _load_one(root: Path, f: Path) -> LoadedResult:
     return LoadedResult(str(f.relative_to(root).as_posix()), doc, samples, maps, tuple(notes))
 
 
-def _identity(lr: LoadedResult) -> tuple[tuple[str, ...], str]:
-    """What a result is a result of (model, commit, config hash, dataset), and where `sclzoo evaluate` puts it."""
-    m, h = lr.doc["model"], lr.doc["config_hash"]
-    return (m["id"], m["commit_sha"], h, lr.doc["dataset"]["id"]), result_path(".", m["id"], m["commit_sha"],
-                                                                                 h).as_posix()
+def _identity(lr: LoadedResult) -> tuple[str, str, str]:
+    """What a result is a result of: (weights id, config hash, dataset), however the weights were loaded."""
+    return weights_id(lr.doc), lr.doc["config_hash"], lr.doc["dataset"]["id"]
 
 
-def scan_results(results_dir: str | Path) -> ResultScan:
-    """Reads and checks every result under ``results_dir`` (sorted by path), never raising for a bad file.
+def _preference(lr: LoadedResult) -> tuple[int, int, list[str]]:
+    """Which of several results of one computation is kept (smallest first): a Hub-loaded one (its id resolves
+    for everyone), then one at the path where `sclzoo evaluate` writes it, then the first in path order."""
+    m = lr.doc["model"]
+    home = result_path(".", m["id"], m["commit_sha"], lr.doc["config_hash"]).as_posix().removeprefix("./")
+    return (0 if m["source"] == "hub" else 1, 0 if lr.file.endswith(home) else 1, lr.file.split("/"))
+
+
+def _score_conflict(a: dict[str, Any], b: dict[str, Any], rel: float = 1e-9) -> str | None:
+    """The first (method, metric) whose aggregate differs between two results of the same computation."""
+    sa, sb = a["scores"], b["scores"]
+    if set(sa) != set(sb) or any(set(sa[m]) != set(sb[m]) for m in sa):
+        return "different (method, metric) pairs"
+    for method in sorted(sa):
+        for metric in sorted(sa[method]):
+            x, y = sa[method][metric], sb[method][metric]
+            if (x["n"], x["n_nan"]) != (y["n"], y["n_nan"]):
+                return f"{method}/{metric}: n {x['n']} vs {y['n']}, n_nan {x['n_nan']} vs {y['n_nan']}"
+            if (x["mean"] is None) != (y["mean"] is None) or (
+                    x["mean"] is not None and abs(x["mean"] - y["mean"]) > rel * max(1.0, abs(x["mean"]))):
+                return f"{method}/{metric}: mean {x['mean']} vs {y['mean']}"
+    return None
+
+
+def scan_results(results_dir: str | Path | Sequence[str | Path]) -> ResultScan:
+    """Reads and checks every result under one or several folders (sorted by path), never raising for a bad file.
 
     A file is skipped, with its reason, when it is not a plain file, not JSON, fails
     :func:`~sclzoo.evaluator.results.check_result` (schema, NaN literals, registry), disagrees with its per-sample
-    file, is not named ``<config_hash>.json``, or repeats the (model, commit, config hash) of an earlier file.
-    A missing or unreadable per-sample or maps file is not a reason to skip: the result is ranked from its
-    aggregates and the board notes it.
+    file, or is not named ``<config_hash>.json``. Results of the same weights (:func:`weights_id`), config hash and
+    dataset are one computation: one is kept (a Hub-loaded one first, then the file where ``sclzoo evaluate`` puts
+    it) and the others are listed as duplicates when their scores agree, as conflicts when they do not. A missing or
+    unreadable per-sample or maps file is not a reason to skip: the result is ranked from its aggregates and the
+    board notes it.
+
+    Args:
+        results_dir: A results folder, or several (e.g. CI artefacts of sharded jobs); with several, file names
+            are prefixed with the folder as given.
 
     Raises:
-        ResultError: ``results_dir`` is not a folder.
+        ResultError: a results folder does not exist.
     """
-    root = Path(results_dir)
-    if not root.is_dir():
-        raise ResultError(f"results folder {str(root)!r} does not exist; run `sclzoo evaluate` first")
+    roots = [Path(results_dir)] if isinstance(results_dir, (str, Path)) else [Path(r) for r in results_dir]
+    if not roots:
+        raise ResultError("no results folder given; pass at least one")
     valid: list[LoadedResult] = []
     skipped: list[SkippedFile] = []
-    for f in _candidates(root):
-        try:
-            valid.append(_load_one(root, f))
-        except ResultError as e:
-            reason = " ".join(str(e).split())
-            skipped.append(SkippedFile(_printable(f.relative_to(root).as_posix()),
-                                       reason[:300] + ("…" if len(reason) > 300 else "")))
-    # One result per (model, commit, config hash): the file where `sclzoo evaluate` writes it wins over copies.
-    kept: dict[tuple[str, ...], LoadedResult] = {}
+    for root in roots:
+        if not root.is_dir():
+            raise ResultError(f"results folder {str(root)!r} does not exist; run `sclzoo evaluate` first")
+        prefix = "" if len(roots) == 1 else root.as_posix().rstrip("/") + "/"
+        for f in _candidates(root):
+            try:
+                lr = _load_one(root, f)
+                valid.append(replace(lr, file=prefix + lr.file))
+            except ResultError as e:
+                reason = " ".join(str(e).split())
+                skipped.append(SkippedFile(_printable(prefix + f.relative_to(root).as_posix()),
+                                           reason[:300] + ("…" if len(reason) > 300 else "")))
+    by_key: dict[tuple[str, str, str], list[LoadedResult]] = {}
     for lr in valid:
-        key, home = _identity(lr)
-        if key not in kept or (lr.file == home and kept[key].file != home):
-            kept[key] = lr
-    loaded = []
-    for lr in valid:
-        winner = kept[_identity(lr)[0]]
-        if winner is lr:
-            loaded.append(lr)
-        else:
-            skipped.append(SkippedFile(_printable(lr.file), "repeats the model, commit and config hash of "
-                                       f"{_printable(winner.file)}"))
+        by_key.setdefault(_identity(lr), []).append(lr)
+    keep: dict[int, LoadedResult] = {}
+    for same in by_key.values():
+        winner = min(same, key=_preference)
+        others = tuple(sorted({lr.doc["model"]["id"] for lr in same} - {winner.doc["model"]["id"]}))
+        keep[id(winner)] = replace(winner, also_as=others) if others else winner
+        for lr in same:
+            if lr is winner:
+                continue
+            conflict = _score_conflict(winner.doc, lr.doc)
+            what = (f"conflicts with {_printable(winner.file)}: same weights and config hash, different scores "
+                    f"({conflict}); check how each was computed" if conflict else
+                    f"duplicate of {_printable(winner.file)} (same weights and config hash, same scores)")
+            skipped.append(SkippedFile(_printable(lr.file), what))
+    loaded = [keep[id(lr)] for lr in valid if id(lr) in keep]
     skipped.sort(key=lambda s: s.file.split("/"))
     return ResultScan(loaded, skipped)
 
@@ -254,6 +297,8 @@ def collect_rows(results: str | Path | list[LoadedResult] | ResultScan) -> pd.Da
                     "n": agg["n"],
                     "n_nan": agg["n_nan"],
                     "file": lr.file,
+                    "weights_id": weights_id(r),
+                    "also_as": list(lr.also_as),
                 })
     return pd.DataFrame(rows)
 
@@ -328,7 +373,7 @@ def build_leaderboard(results_dir: str | Path | list[LoadedResult] | ResultScan)
     df = collect_rows(loaded)
     notes = [f"{lr.file}: {p}" for lr in loaded for p in lr.problems]
     if df.empty:
-        return {"groups": [], "rows": [], "notes": notes}
+        return {"schema_version": LEADERBOARD_SCHEMA_VERSION, "groups": [], "rows": [], "notes": notes}
     configs = {lr.doc["config_hash"]: _scoring_config(lr.doc) for lr in reversed(loaded)}
     out_rows: list[dict[str, Any]] = []
     groups = []
@@ -361,6 +406,7 @@ def build_leaderboard(results_dir: str | Path | list[LoadedResult] | ResultScan)
                 "objective": first["objective"], "architecture": first["architecture"],
                 "commit_sha": commit, "accuracy": _float_or_none(first["accuracy"]),
                 "n_evaluated": int(first["n_evaluated"]), "method": method, "metrics": metrics,
+                "weights_id": first["weights_id"], "also_as": list(first["also_as"]),
                 "mean_rank": {fam: round(float(fam_rank[fam]), 4) for fam in sorted(fam_rank.index, key=_family_key)},
                 "file": first["file"],
             })
@@ -392,7 +438,7 @@ def build_leaderboard(results_dir: str | Path | list[LoadedResult] | ResultScan)
     order = {(gr["config_hash"], gr["dataset"]): i for i, gr in enumerate(groups)}
     out_rows.sort(key=lambda r: (order[(r["config_hash"], r["dataset"])], r["method"], r["objective"], r["model"],
                                  r["commit_sha"]))
-    return {"groups": groups, "rows": out_rows, "notes": notes}
+    return {"schema_version": LEADERBOARD_SCHEMA_VERSION, "groups": groups, "rows": out_rows, "notes": notes}
 
 
 def group_rows(board: dict[str, Any], group: dict[str, Any]) -> list[dict[str, Any]]:
@@ -478,7 +524,8 @@ def csv_rows(board: dict[str, Any]) -> list[dict[str, Any]]:
         for metric, s in r["metrics"].items():
             out.append({"config_hash": r["config_hash"], "dataset": r["dataset"], "model": r["model"],
                         "name": r["name"], "objective": r["objective"], "architecture": r["architecture"],
-                        "commit_sha": r["commit_sha"], "accuracy": r["accuracy"], "n_evaluated": r["n_evaluated"],
+                        "commit_sha": r["commit_sha"], "weights_id": r["weights_id"], "accuracy": r["accuracy"],
+                        "n_evaluated": r["n_evaluated"],
                         "method": r["method"], "metric": metric, "family": s["family"],
                         "higher_is_better": s["higher_is_better"], "version": s["version"], "mean": s["mean"],
                         "ci95_low": s["ci95"][0], "ci95_high": s["ci95"][1], "n": s["n"], "n_nan": s["n_nan"],
@@ -618,7 +665,7 @@ def write_leaderboard(results_dir: str | Path | ResultScan, out_dir: str | Path)
     paths = {"json": out / "leaderboard.json", "markdown": out / "LEADERBOARD.md", "csv": out / "leaderboard.csv",
              "compare": out / "compare.json", "html": out / "index.html"}
     paths["json"].write_text(json.dumps(board, indent=2, sort_keys=True, allow_nan=False, ensure_ascii=False) + "\n")
-    paths["compare"].write_text(json.dumps(comparison, indent=2, sort_keys=True, allow_nan=False,
+    paths["compare"].write_text(json.dumps({"schema_version": COMPARE_SCHEMA_VERSION, **comparison}, indent=2, sort_keys=True, allow_nan=False,
                                            ensure_ascii=False) + "\n")
     paths["markdown"].write_text(format_markdown(board, comparison, figure_paths))
     paths["csv"].write_text(format_csv(board))

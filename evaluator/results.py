@@ -38,7 +38,7 @@ except ImportError:  # pragma: no cover - Windows: runs are not locked
 if TYPE_CHECKING:
     from sclzoo.evaluator.runner import BatchResult
 
-__all__ = ["aggregate", "bootstrap_ci", "result_path", "write_result", "read_result", "read_samples",
+__all__ = ["aggregate", "bootstrap_ci", "weights_id", "result_path", "write_result", "read_result", "read_samples",
            "validate_result", "check_result", "SCHEMA_VERSION", "load_schema", "maps_path", "write_maps",
            "read_maps", "check_writable", "checkpoint_dir", "write_checkpoint_batch", "read_checkpoint",
            "remove_checkpoint", "write_file", "lock_checkpoint", "unlock_checkpoint", "checkpoint_exists",
@@ -211,9 +211,21 @@ def read_samples(result_file: str | Path) -> list[dict[str, Any]]:
                           "--force") from None
 
 
-def load_schema() -> dict[str, Any]:
-    """The JSON Schema of result files, shipped in the package."""
-    text = resources.files("sclzoo.evaluator").joinpath("result.schema.json").read_text()
+def weights_id(doc: dict[str, Any]) -> str:
+    """The identity of the evaluated weights, whichever way they were loaded (folder, Hub, alias, timm ref).
+
+    ``sha256:<hex>`` of ``model.safetensors`` as recorded in the result's ``model.files_sha256``; for a Python
+    module (no weight file) its recorded commit, the hash of its state dict, as ``state:<hex>``. Two results with
+    the same weights id and config hash describe the same computation (docs/artifacts.md#leaderboard-files).
+    """
+    sha = doc["model"].get("files_sha256", {}).get("model.safetensors")
+    return f"sha256:{sha}" if isinstance(sha, str) else f"state:{doc['model']['commit_sha']}"
+
+
+def load_schema(name: str = "result") -> dict[str, Any]:
+    """A JSON Schema shipped in the package: ``result`` (result files), ``leaderboard`` (leaderboard.json) or
+    ``compare`` (compare.json)."""
+    text = resources.files("sclzoo.evaluator").joinpath(f"{name}.schema.json").read_text()
     return json.loads(text)  # type: ignore[no-any-return]
 
 
@@ -348,6 +360,39 @@ def _against_samples(data: dict[str, Any], samples: list[dict[str, Any]]) -> lis
                     problems.append(f"{where}: {key} {agg[key]} ≠ {value} recomputed from the samples")
                     break
     return problems
+
+
+def file_kind(doc: dict[str, Any]) -> str:
+    """What a sclzoo JSON document is: ``leaderboard`` (leaderboard.json), ``compare`` (compare.json) or ``result``."""
+    if "rows" in doc and "groups" in doc:
+        return "leaderboard"
+    if "claim_check" in doc and "groups" in doc:
+        return "compare"
+    return "result"
+
+
+def check_published(doc: dict[str, Any], kind: str) -> list[str]:
+    """Problems of a leaderboard.json or compare.json document (untrusted input) against its shipped schema,
+    NaN/Infinity literals included; empty when valid."""
+    import jsonschema
+
+    problems = [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {' '.join(e.message.split())[:200]}"
+                for e in sorted(jsonschema.Draft202012Validator(load_schema(kind)).iter_errors(doc), key=str)]
+    return problems + _nonfinite(doc)
+
+
+def validate_file(path: str | Path) -> tuple[str, list[str]]:
+    """Checks any sclzoo JSON file: a result (:func:`validate_result`), leaderboard.json or compare.json.
+
+    Returns:
+        (kind, problems); problems is empty when the file is valid.
+
+    Raises:
+        ResultError: the file cannot be read.
+    """
+    doc = read_result(path)
+    kind = file_kind(doc)
+    return kind, (validate_result(path) if kind == "result" else check_published(doc, kind))
 
 
 def validate_result(path: str | Path, check_samples: bool = True) -> list[str]:

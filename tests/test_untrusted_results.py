@@ -145,7 +145,7 @@ def zoo_with_bad_files(tmp_path: Path) -> tuple[Path, dict[str, Path], dict[str,
     add(f"array/{'6' * 40}/{h}", "[1, 2]", "does not hold a JSON object")
     add(f"huge/{'7' * 40}/{h}", "[" * 100_000 + "]" * 100_000, "not valid JSON")
     doc = read_result(good["ce"])
-    add(f"copy/{'8' * 40}/{h}", doc, "repeats the model, commit and config hash")
+    add(f"copy/{'8' * 40}/{h}", doc, "duplicate of")
     doc = edited(good["ce"], std=123.0)
     doc["model"]["commit_sha"] = "9" * 40
     add(f"std/{'9' * 40}/{h}", doc, "std 123.0 ≠")
@@ -185,10 +185,12 @@ def test_strict_fails_with_one_line_and_writes_nothing(
     root, _, bad = zoo_with_bad_files
     code, _, err = run_main(["leaderboard", str(root), "--out", str(tmp_path / "lb"), "--strict"], capsys)
     lines = err.strip().splitlines()
-    assert code == 1 and len(lines) == len(bad) + 1
-    assert all(line.startswith("invalid ") for line in lines[:-1])
-    assert lines[-1] == (f"sclzoo: result error: {len(bad)} of {len(bad) + 2} result file(s) under {str(root)!r} are "
-                         "invalid (listed above); fix or delete them, or drop --strict to rank the others")
+    invalid = [name for name, why in bad.items() if why != "duplicate of"]  # an equal copy is not an error
+    assert code == 1 and len(lines) == len(invalid) + 1
+    assert all(line.startswith("invalid ") for line in lines[:-1]) and not any("copy/" in ln for ln in lines)
+    assert lines[-1] == (f"sclzoo: result error: {len(invalid)} of {len(bad) + 2} result file(s) under {str(root)!r} "
+                         "are invalid or conflicting (listed above); fix or delete them, or drop --strict to rank "
+                         "the others")
     assert not (tmp_path / "lb").exists()
 
 
@@ -218,7 +220,7 @@ def test_validate_rejects_nan_literals_and_forged_aggregates(tmp_path: Path,
                                str(nosamples)], capsys)
     assert code == 1 and out.splitlines()[0] == f"ok      {good}"
     assert "NaN/Infinity literal" in out and "not its config_hash" in out and "is missing" in out
-    assert err.strip() == "sclzoo: result error: 3 of 4 result file(s) are invalid (see above)"
+    assert err.strip() == "sclzoo: result error: 3 of 4 file(s) are invalid (see above)"
 
 
 # ---------------------------------------------------------------------------------- checkpoints
