@@ -269,7 +269,7 @@ def test_infidelity_equals_captum(
     ctx = _context(model, batch, a, batch_size=N_IMAGES * n_pert)
     ours = compute("infidelity", ctx, normalize=normalize)
 
-    # sclzoo's draws, exactly as evaluator/metrics.py makes them: name "infidelity", one generator per sample id,
+    # sclzoo's draws, exactly as evaluator/metrics/ makes them: name "infidelity", one generator per sample id,
     # torch.randn(n, C, H, W) * σ; the perturbed input is x − I.
     (noise,) = per_sample_draws(
         SEED, "infidelity", SAMPLE_IDS, lambda g: (torch.randn(n_pert, c, h, w, generator=g) * sigma,), "cpu"
