@@ -77,7 +77,7 @@ def bundled() -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def one_thread() -> Iterator[None]:
     """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): on 2 shared cores
-    two OpenMP threads spin against each other (training ran 5× slower)."""
+    two OpenMP threads spin against each other (measured in docs/testing.md#threads-in-tests)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
