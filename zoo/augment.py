@@ -4,6 +4,10 @@ Per-sample torchvision transforms cost most of a CPU epoch; here one random affi
 resized crop ∘ rotation ∘ translation ∘ flip) goes through a single ``grid_sample`` call, and Gaussian blur is one
 grouped convolution with a per-image kernel. Every draw comes from the generator passed in, so an epoch's
 augmentations are a function of (seed, epoch) and a resumed run repeats them exactly.
+
+Patch deletion (:class:`PatchDeletionConfig`, :func:`delete_patches`) sets random cells of a g x g grid to a
+deletion value: trained with it, a model has seen the inputs the ``single_deletion`` metric feeds it, so its score
+is in domain (docs/training.md#patch-deletion).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from torch import Tensor
 
 from sclzoo.errors import ConfigError
 
-__all__ = ["AugmentConfig", "augment_batch"]
+__all__ = ["AugmentConfig", "PatchDeletionConfig", "augment_batch", "delete_patches", "grid_cells"]
 
 
 @dataclass(frozen=True)
@@ -137,3 +141,98 @@ def augment_batch(x: Tensor, cfg: AugmentConfig, gen: torch.Generator) -> Tensor
         flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="reflect"), k1.view(n * c, 1, -1, 1), groups=n * c)
         out = flat.view(n, c, h, w)
     return out
+
+
+@dataclass(frozen=True)
+class PatchDeletionConfig:
+    """Patch deletion, the in-domain augmentation for grid-deletion metrics; recorded in training.json.
+
+    Attributes:
+        grid: g: the image is cut into a g x g grid of non-overlapping cells (:func:`grid_cells`).
+        value: Deletion value in pixel space ([0, 1] pixels; 0 = black), as the metrics' baseline.
+        p: Probability that a view gets patches deleted; then k, uniform in [1, g² − 1], cells chosen uniformly
+            without replacement are set to ``value``.
+    """
+
+    grid: int = 4
+    value: float = 0.0
+    p: float = 0.5
+
+    def __post_init__(self) -> None:
+        if isinstance(self.grid, bool) or not isinstance(self.grid, int) or self.grid < 2:
+            raise ConfigError(f"patch_deletion.grid must be an integer >= 2 (a g x g grid), got {self.grid!r}")
+        if isinstance(self.value, bool) or not isinstance(self.value, (int, float)) or not math.isfinite(self.value):
+            raise ConfigError(f"patch_deletion.value must be a finite number (pixel space, 0 = black), "
+                              f"got {self.value!r}")
+        if isinstance(self.p, bool) or not isinstance(self.p, (int, float)) or not 0.0 <= self.p <= 1.0:
+            raise ConfigError(f"patch_deletion.p must be a probability in [0, 1], got {self.p!r}")
+        object.__setattr__(self, "value", float(self.value))
+        object.__setattr__(self, "p", float(self.p))
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "patch_deletion") -> PatchDeletionConfig:
+        """Reads ``{grid, value, p}`` (missing keys take the defaults); raises ConfigError naming a bad key."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"[{where}] must be a table with keys grid, value, p; got {d!r}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown key(s) {unknown} in [{where}]; known keys: {sorted(known)}")
+        try:
+            return cls(**d)
+        except ConfigError as e:
+            raise ConfigError(str(e).replace("patch_deletion.", f"{where}.", 1)) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def grid_cells(h: int, w: int, g: int) -> Tensor:
+    """The cell index of every pixel of a g x g grid over an (h, w) image.
+
+    Cells are ``ceil(h / g)`` x ``ceil(w / g)`` pixels, numbered row-major; the last row/column of cells is smaller
+    when g does not divide the side.
+
+    Returns:
+        (h, w) long tensor with values in [0, g²).
+
+    Raises:
+        ConfigError: the grid would leave a row or column of empty cells (a side shorter than g, or e.g. h = 9
+            with g = 4: cells of 3 rows fill the image after 3 rows of cells).
+    """
+    ch, cw = -(-h // g), -(-w // g)
+    if h < g or w < g or (g - 1) * ch >= h or (g - 1) * cw >= w:
+        raise ConfigError(f"a {g} x {g} grid does not fit a {h} x {w} image without empty cells; "
+                          f"use a grid g with (g - 1) * ceil(side / g) < side for both sides")
+    rows = torch.arange(h) // ch
+    cols = torch.arange(w) // cw
+    return rows[:, None] * g + cols[None, :]
+
+
+def delete_patches(x: Tensor, cfg: PatchDeletionConfig, gen: torch.Generator) -> Tensor:
+    """Sets k random grid cells of some images to ``cfg.value`` (one draw per image, no loop over pixels).
+
+    Each image is chosen with probability ``cfg.p``; a chosen image gets k ~ U{1, …, g² − 1} cells, drawn
+    uniformly without replacement (the k smallest of g² uniform scores), set to the value in every channel.
+
+    Args:
+        x: (N, C, H, W) images.
+        cfg: The recipe.
+        gen: CPU generator; draws, in this order, N uniforms (apply), N integers (k), N·g² uniforms (cells).
+            Nothing is drawn when ``cfg.p`` is 0.
+
+    Returns:
+        (N, C, H, W), same device and dtype; ``x`` itself when ``cfg.p`` is 0.
+    """
+    if cfg.p == 0.0:
+        return x
+    n, _, h, w = x.shape
+    g2 = cfg.grid * cfg.grid
+    cell = grid_cells(h, w, cfg.grid)
+    apply = torch.rand(n, generator=gen) < cfg.p
+    k = torch.randint(1, g2, (n,), generator=gen)
+    scores = torch.rand(n, g2, generator=gen)
+    rank = scores.argsort(1).argsort(1)  # rank of each cell's score within its image
+    deleted = (rank < k[:, None]) & apply[:, None]  # (N, g²)
+    mask = deleted[:, cell].to(x.device)  # (N, H, W)
+    return torch.where(mask[:, None], torch.as_tensor(cfg.value, dtype=x.dtype, device=x.device), x)

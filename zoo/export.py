@@ -22,6 +22,7 @@ from torch import nn
 
 from sclzoo.errors import ConfigError, ModelLoadError
 from sclzoo.vocab import OBJECTIVES
+from sclzoo.zoo.augment import PatchDeletionConfig
 from sclzoo.zoo.hub import sha256_file
 
 __all__ = ["export_repo", "write_repo", "sha256_file", "package_versions", "git_revision", "SCHEMA_VERSION"]
@@ -69,6 +70,20 @@ def build_config(model: nn.Module, record: dict[str, Any], label_names: list[str
     recipe = record["recipe"]
     c, h, w = record["input_size"]
     num_classes = int(model.num_classes)  # type: ignore[arg-type]
+    sclzoo: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "name": recipe["name"],
+        "objective": recipe["objective"],
+        "head": record["head"],
+        "input_range": [0, 1],
+        "train_dataset": {"id": record["dataset"]["id"], "split_sha256": record["dataset"]["split_sha256"]},
+    }
+    if record.get("patch_deletion") is not None:
+        # The loader reads config.json, not training.json: results say from this whether a deletion metric is in
+        # domain for the model (docs/training.md#patch-deletion). Absent for models trained without it.
+        sclzoo["patch_deletion"] = PatchDeletionConfig.from_dict(record["patch_deletion"],
+                                                                 "training record's patch_deletion").to_dict()
+    sclzoo["files_sha256"] = {}
     model_args = {"in_chans": c, "norm_mean": record["dataset"]["mean"], "norm_std": record["dataset"]["std"],
                   **recipe.get("model_args", {})}
     return {
@@ -91,15 +106,7 @@ def build_config(model: nn.Module, record: dict[str, Any], label_names: list[str
             "license": recipe.get("license", "apache-2.0"),
             "paper_ids": PAPER_IDS.get(recipe["objective"], []),
         },
-        "sclzoo": {
-            "schema_version": SCHEMA_VERSION,
-            "name": recipe["name"],
-            "objective": recipe["objective"],
-            "head": record["head"],
-            "input_range": [0, 1],
-            "train_dataset": {"id": record["dataset"]["id"], "split_sha256": record["dataset"]["split_sha256"]},
-            "files_sha256": {},
-        },
+        "sclzoo": sclzoo,
     }
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from sclzoo.errors import ConfigError
 from sclzoo.tomlfile import read_toml
-from sclzoo.zoo.augment import AugmentConfig
+from sclzoo.zoo.augment import AugmentConfig, PatchDeletionConfig
 
 __all__ = ["OptimConfig", "ProbeConfig", "Recipe", "load_recipe"]
 
@@ -116,6 +116,8 @@ class Recipe:
             triplet training from collapsing all embeddings onto one point; off for SupCon and SimCLR).
         probe: Linear-probe recipe (contrastive objectives only).
         license: License of the trained weights.
+        patch_deletion: Patch deletion (``[patch_deletion]``), applied after ``augment`` to every training view:
+            CE training, contrastive pre-training and the linear probe alike. ``None`` (no table) = off.
     """
 
     name: str
@@ -134,6 +136,7 @@ class Recipe:
     projector_bn: bool = False
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     license: str = "apache-2.0"
+    patch_deletion: PatchDeletionConfig | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: str = "recipe") -> Recipe:
@@ -169,10 +172,15 @@ class Recipe:
                 if "optim" in p else ProbeConfig().optim,
                 augment=AugmentConfig.from_dict(p.get("augment", {}), f"{where}.probe.augment"),
             )
+        if "patch_deletion" in d:
+            kw["patch_deletion"] = PatchDeletionConfig.from_dict(d["patch_deletion"], f"{where}.patch_deletion")
         return cls(**kw)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        # Absent when off, so the training.json of a recipe without the table is what it was before the option.
+        if self.patch_deletion is None:
+            del d["patch_deletion"]
         d["augment"] = self.augment.to_dict()
         d["probe"] = {"optim": _plain(asdict(self.probe.optim)), "augment": self.probe.augment.to_dict()}
         d["optim"] = _plain(d["optim"])

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from sclzoo.errors import ConfigError
-from sclzoo.zoo.augment import AugmentConfig, augment_batch
+from sclzoo.zoo.augment import AugmentConfig, augment_batch, delete_patches
 from sclzoo.zoo.data import ImageDataset, load_dataset, stratified_split
 from sclzoo.zoo.distributed import DistInfo, barrier, init_distributed
 from sclzoo.zoo.losses import OBJECTIVES
@@ -285,9 +285,16 @@ def train(
             if m is not None and k in resume_state["modules"]:
                 m.load_state_dict(resume_state["modules"][k])
 
+    deletion = recipe.patch_deletion
+
+    def view(xb: Tensor, gen: torch.Generator, aug: AugmentConfig) -> Tensor:
+        v = augment_batch(xb, aug, gen)
+        # Patch deletion in every stage (CE, pre-training, probe): docs/training.md#patch-deletion.
+        return v if deletion is None else delete_patches(v, deletion, gen)
+
     def views(idx: Tensor, gen: torch.Generator, aug: AugmentConfig, n_views: int) -> Tensor:
         xb = x_train[idx.to(dev)]
-        vs = [augment_batch(xb, aug, gen) for _ in range(n_views)]
+        vs = [view(xb, gen, aug) for _ in range(n_views)]
         return torch.cat(vs).contiguous(memory_format=torch.channels_last)
 
     stages: dict[str, Any] = {}
@@ -389,6 +396,8 @@ def train(
         "input_size": list(train_full.input_size),
         "label_names": list(train_full.label_names),
     }
+    if deletion is not None:
+        record["patch_deletion"] = deletion.to_dict()
     barrier(di)
     return TrainOutput(model=model, projector=projector, recipe=recipe, record=record, test=test, dist=di)
 
