@@ -529,6 +529,31 @@ def publish_cmd(repo_dir: str, repo_id: str, tag: str | None, private: bool, mes
     click.echo(res.url)
 
 
+@cli.command("publish-results", epilog="""\b
+Examples:
+  sclzoo publish-results --repo my-org/resnet8_cifar.ce_mnist5k --results results/
+  sclzoo publish-results --repo my-org/ce-mnist --results shard-a/ --results shard-b/ --revision main
+  HF_ENDPOINT=http://127.0.0.1:8090 sclzoo publish-results --repo test-org/ce-mnist --results out/
+""")
+@click.option("--repo", "repo_id", required=True, help="Hub repo id org/name whose card gets the scores.")
+@click.option("--results", "results_dirs", required=True, multiple=True, type=click.Path(file_okay=False),
+              help="Results folder (repeatable): the evaluations of this repo's weights.")
+@click.option("--revision", default="main", show_default=True, help="Branch whose card is updated.")
+@click.option("--message", default=None, help="Commit message.")
+def publish_results_cmd(repo_id: str, results_dirs: tuple[str, ...], revision: str, message: str | None) -> None:
+    """Write a model's attribution scores into its Hub card's model-index and commit it (HF_TOKEN, HF_ENDPOINT).
+
+    Every (config, method, metric) scored for the repo's weights becomes one model-index entry with the config
+    hash, n, NaN count, 95 % CI, metric and sclzoo versions; entries sclzoo wrote before are replaced, the rest of
+    the card is kept.
+    """
+    from sclzoo.zoo.publish import publish_results
+
+    res = publish_results(repo_id, list(results_dirs), revision=revision, message=message)
+    click.echo(f"published results to {res.repo_id} commit {res.commit_sha}")
+    click.echo(res.url)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the CLI and turns sclzoo errors into one line and exit code 1."""
     debug = os.environ.get("SCLZOO_DEBUG", "") not in ("", "0")

@@ -22,6 +22,7 @@ import yaml
 from helpers import sha256_tree
 
 from sclzoo.errors import ConfigError, ModelLoadError, ModelNotFoundError
+from sclzoo.vocab import OBJECTIVES
 from sclzoo.zoo.data import load_dataset
 from sclzoo.zoo.export import export_repo
 from sclzoo.zoo.hub import ZOO_DIR, LoadedModel, load_model, registry_entries, resolve_model
@@ -88,7 +89,7 @@ def test_repo_layout_and_config(objective: str, exported: dict[str, Exported]) -
     assert pc["input_size"] == [1, 8, 8]
     assert pc["mean"] == [0.0] and pc["std"] == [1.0]  # the model normalises internally
     assert pc["classifier"] == "fc" and pc["license"] == "apache-2.0"
-    assert pc["paper_ids"] == (["arXiv:2004.11362"] if objective == "supcon" else [])
+    assert pc["paper_ids"] == list(OBJECTIVES[objective].paper_ids)
     sz = cfg["sclzoo"]
     assert sz["schema_version"] == 1 and sz["objective"] == objective and sz["input_range"] == [0, 1]
     assert sz["head"] == ("linear_probe" if objective == "supcon" else "ce_head")
@@ -135,7 +136,11 @@ def test_model_card(objective: str, exported: dict[str, Exported]) -> None:
     meta = yaml.safe_load(text.split("---\n")[1])
     assert meta["library_name"] == "timm" and meta["pipeline_tag"] == "image-classification"
     assert meta["license"] == "apache-2.0" and meta["datasets"] == ["digits"]
-    assert {"sclzoo", objective, "contrastive-learning", "image-classification"} <= set(meta["tags"])
+    from sclzoo.model_cards import OBJECTIVE_TAGS, card_problems
+
+    assert {"sclzoo", objective, "image-classification", *OBJECTIVE_TAGS[objective]} <= set(meta["tags"])
+    assert ("contrastive-learning" in meta["tags"]) == (objective != "ce")
+    assert card_problems(text, objective) == []
     (entry,) = meta["model-index"]
     assert entry["name"] == f"test_resnet_cifar.{objective}_digits"
     metrics = entry["results"][0]["metrics"]

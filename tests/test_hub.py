@@ -108,7 +108,7 @@ def _sclzoo(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen
 
 
 def _result_json(out: Path) -> dict[str, Any]:
-    files = list(out.rglob("*.json"))
+    files = [f for f in out.rglob("*.json") if not any(p.startswith(".") for p in f.relative_to(out).parts)]
     assert len(files) == 1, files
     return json.loads(files[0].read_text())
 
@@ -469,3 +469,52 @@ def test_hung_or_failing_hub_is_one_clear_error(status: int | None, match: str, 
         assert time.monotonic() - t0 < 60
     finally:
         (server.close if status is None else server.shutdown)()
+
+
+# ------------------------------------------------------------------------------------------ results on the Hub
+def test_publish_evaluate_publish_results_and_read_them_back(hub_env: HubServer, ce_folder: Path,
+                                                             tmp_path: Path) -> None:
+    """Publish a zoo model, evaluate it from the Hub, publish its scores into the card's model-index, reload the
+    card and find every score (and the card's own text and accuracy entry kept)."""
+    from huggingface_hub import ModelCard
+    from huggingface_hub.repocard_data import model_index_to_eval_results
+
+    from sclzoo.zoo.publish import publish_results
+
+    repo = "sclzoo-test/ce-results"
+    publish(ce_folder, repo, endpoint=hub_env.url, message="model")
+    run = _sclzoo(["evaluate", "--model", repo, *EVAL_ARGS, "--out", str(tmp_path / "out")],
+                  _sub_env(tmp_path / "hf_home", hub_env.url), tmp_path)
+    _, stderr = run.communicate(timeout=180)
+    assert run.returncode == 0, stderr
+    doc = _result_json(tmp_path / "out")
+    res = publish_results(repo, tmp_path / "out", endpoint=hub_env.url)
+    assert HfApi(endpoint=hub_env.url, token=False).model_info(repo, revision="main").sha == res.commit_sha
+
+    card = ModelCard.load(repo)
+    _, entries = model_index_to_eval_results(card.data.to_dict()["model-index"])
+    ours = {e.metric_type: e for e in entries if e.metric_type.startswith("sclzoo/")}
+    for method, per_metric in doc["scores"].items():
+        for metric, agg in per_metric.items():
+            e = ours.pop(f"sclzoo/{method}/{metric}")
+            assert e.metric_value == agg["mean"] and e.metric_config == doc["config_hash"]
+            assert e.metric_args["ci95"] == agg["ci95"] and e.metric_args["n"] == agg["n"]
+            assert e.metric_args["metric_version"] == agg["version"] and e.metric_args["sclzoo_version"]
+    assert not ours
+    assert any(e.metric_type == "accuracy" for e in entries)  # the card's own entry is kept
+    assert "## How to load" in card.text
+    # publishing again replaces sclzoo's entries instead of adding copies
+    publish_results(repo, tmp_path / "out", endpoint=hub_env.url)
+    _, again = model_index_to_eval_results(ModelCard.load(repo).data.to_dict()["model-index"])
+    assert len(again) == len(entries)
+
+
+def test_publish_results_without_matching_results_is_one_clear_error(hub_env: HubServer, ce_published: PublishResult,
+                                                                     tmp_path: Path) -> None:
+    from lb_synth import write_synthetic
+
+    from sclzoo.zoo.publish import publish_results
+
+    write_synthetic(tmp_path / "other", "supcon", {"saliency": {"sparseness": [0.1, 0.2]}})
+    with pytest.raises(ConfigError, match="evaluate it first"):
+        publish_results(CE_REPO, tmp_path / "other", endpoint=hub_env.url)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,13 +48,13 @@ def sync_cards(repos: list[Path], check: bool = False) -> list[CardStatus]:
     Returns:
         One :class:`CardStatus` per repo.
     """
-    from sclzoo.model_cards import leaderboard_rows, render_card
+    from sclzoo.model_cards import board_rows, leaderboard_rows, render_card
 
     out = []
     for repo in repos:
         card = repo / "README.md"
         rows, config = leaderboard_rows(repo)
-        want = render_card(repo, leaderboard_rows=rows, leaderboard_config=config)
+        want = render_card(repo, leaderboard_rows=rows, leaderboard_config=config, scores=board_rows(repo))
         have = card.read_text() if card.is_file() else ""
         drifted = want != have
         diff = "".join(difflib.unified_diff(have.splitlines(keepends=True), want.splitlines(keepends=True),
@@ -75,6 +76,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     statuses = sync_cards(repos, check=args.check)
     drifted = [s for s in statuses if s.drifted]
+    if args.check:  # the card-level check: metadata a Hub page and model-index readers need
+        from sclzoo.model_cards import card_problems
+
+        bad = 0
+        for repo in repos:
+            objective = json.loads((repo / "config.json").read_text()).get("sclzoo", {}).get("objective")
+            for problem in card_problems((repo / "README.md").read_text(), objective):
+                bad += 1
+                print(f"BAD CARD {repo / 'README.md'}: {problem}", file=sys.stderr)
+        if bad:
+            return 1
     for s in statuses:
         state = ("DRIFTED" if args.check else "updated") if s.drifted else "ok"
         print(f"{state:8} {s.repo / 'README.md'}")

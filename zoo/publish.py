@@ -18,7 +18,7 @@ from typing import Any
 
 from sclzoo.errors import ConfigError, HubError, ModelLoadError, ModelNotFoundError, transport_errors
 
-__all__ = ["PublishResult", "publish", "check_repo_folder"]
+__all__ = ["PublishResult", "publish", "publish_results", "check_repo_folder"]
 
 BRANCH = "main"
 KEEP_ON_HUB = (".gitattributes",)  # created by the Hub with the repo; not part of a zoo repo folder
@@ -172,6 +172,96 @@ def publish(
         except transport_errors() as e:
             raise _hub_error(e, repo_id, url_base) from None
     return PublishResult(commit_sha=sha, url=f"{url_base}/{repo_id}", repo_id=repo_id, tag=tag)
+
+
+def publish_results(
+    repo_id: str,
+    results: str | Path | list[str | Path],
+    *,
+    revision: str = BRANCH,
+    token: str | None = None,
+    endpoint: str | None = None,
+    message: str | None = None,
+) -> PublishResult:
+    """Writes the model's attribution scores into its card's ``model-index`` and commits the card to the Hub.
+
+    The repo's weights are identified by ``sclzoo.files_sha256["model.safetensors"]`` of its config.json (zoo repos)
+    and matched against the results' weights ids (docs/artifacts.md#weights-identity); repos without that entry
+    match results recorded for this repo id at this revision's commit. Every (config, method, metric) with a score
+    becomes one model-index entry (:func:`sclzoo.model_cards.attribution_eval_results`); entries sclzoo wrote
+    before are replaced, every other entry and the card's text are kept.
+
+    Args:
+        repo_id: ``org/name`` on the Hub.
+        results: Results folder(s) (``sclzoo evaluate --out``, or a leaderboard's results).
+        revision: Branch whose card is updated (and whose weights are matched).
+        token: Hub token; default ``HF_TOKEN`` or the saved login.
+        endpoint: Hub URL; default ``HF_ENDPOINT`` or https://huggingface.co.
+        message: Commit message.
+
+    Returns:
+        The commit that updated README.md.
+
+    Raises:
+        ConfigError: ``repo_id`` is not ``org/name``, or no result matches the repo's weights.
+        HubError: the endpoint cannot be reached or refused the commit.
+    """
+    import json
+    import tempfile
+
+    from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, ModelCardData
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
+
+    from sclzoo.evaluator.leaderboard import build_leaderboard, scan_results
+    from sclzoo.model_cards import attribution_eval_results, merge_eval_results
+    from sclzoo.zoo.hub import REPO_ID
+
+    if not REPO_ID.match(repo_id):
+        raise ConfigError(f"--repo {repo_id!r} is not a Hub id; pass org/name (e.g. my-org/resnet8-ce-mnist)")
+    url_base = _endpoint(endpoint)
+    api = HfApi(endpoint=url_base, token=token or os.environ.get("HF_TOKEN") or None)
+    with tempfile.TemporaryDirectory() as tmp:
+        def fetch(name: str) -> str | None:
+            try:
+                return Path(api.hf_hub_download(repo_id, name, revision=revision, cache_dir=tmp)).read_text()
+            except EntryNotFoundError:
+                return None
+
+        try:
+            head = str(api.model_info(repo_id, revision=revision).sha)
+            readme, config_text = fetch("README.md"), fetch("config.json")
+        except HfHubHTTPError as e:
+            raise _hub_error(e, repo_id, url_base) from None
+        except transport_errors() as e:
+            raise _hub_error(e, repo_id, url_base) from None
+    try:
+        sha = json.loads(config_text or "{}").get("sclzoo", {}).get("files_sha256", {}).get("model.safetensors")
+    except (ValueError, AttributeError):
+        sha = None
+    scan = scan_results(results if isinstance(results, (str, Path)) else list(results))
+    versions = {lr.file: str(lr.doc["run"].get("sclzoo_version", "")) for lr in scan.results}
+    rows = [r for r in build_leaderboard(scan)["rows"]
+            if (isinstance(sha, str) and r["weights_id"] == f"sha256:{sha}")
+            or (r["model"] == repo_id and r["commit_sha"] == head)]
+    if not rows:
+        raise ConfigError(f"no result under {results} is for the weights of {repo_id!r} at {revision} ({head[:12]}); "
+                          f"evaluate it first: sclzoo evaluate --model {repo_id} --out <folder>")
+    ours = [e for r in rows for e in attribution_eval_results([r], versions.get(r["file"]) or None)]
+    card = ModelCard(readme) if readme and readme.lstrip().startswith("---") else ModelCard(
+        "---\n" + ModelCardData(library_name="timm").to_yaml() + "\n---\n\n" + (readme or f"# {repo_id}\n"))
+    data: Any = card.data  # a ModelCardData for a model card
+    data.eval_results = merge_eval_results(data.eval_results, ours)
+    data.model_name = data.model_name or repo_id.split("/")[-1]
+    data.metrics = sorted(set(data.metrics or []) | {e.metric_type.split("/")[-1] for e in ours})
+    try:
+        info = api.create_commit(repo_id, operations=[CommitOperationAdd("README.md", str(card).encode())],
+                                 repo_type="model", revision=revision, parent_commit=head,
+                                 commit_message=message or f"Attribution scores from sclzoo ({len(ours)} entries)")
+    except HfHubHTTPError as e:
+        raise _hub_error(e, repo_id, url_base) from None
+    except transport_errors() as e:
+        raise _hub_error(e, repo_id, url_base) from None
+    return PublishResult(commit_sha=str(info.oid), url=f"{url_base}/{repo_id}", repo_id=repo_id, tag=None)
 
 
 def _read_name(folder: Path) -> str:
