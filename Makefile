@@ -15,7 +15,7 @@ ZOO     := $(DEMO_ZOO)
 DEMO_METHODS ?= saliency,integrated_gradients,gradcam
 DEMO_METRICS ?= faithfulness_correlation,deletion_auc,insertion_auc,sparseness,complexity,effective_complexity,max_sensitivity,avg_sensitivity
 
-.PHONY: install demo test test-integration test-reference test-slow test-all lint zoo cards cards-check leaderboard clean help bench
+.PHONY: install demo test test-integration test-reference test-slow test-all lint zoo cards cards-check leaderboard clean help bench publish-results
 
 help:
 	@echo "make install   create $(VENV) and install sclzoo with pinned torch (idempotent)"
@@ -107,6 +107,14 @@ LB_OUT     ?= leaderboard
 LB_PRESET  ?= standard
 leaderboard: $(STAMP)
 	$(BIN)/sclzoo leaderboard-update --preset $(LB_PRESET) --results $(LB_RESULTS) --out $(LB_OUT) $(LEADERBOARD_ARGS)
+
+# After `make leaderboard`: write each registry model's scores into its Hub card (needs HF_TOKEN with write access;
+# HF_ENDPOINT for a mirror). Models without results are reported and skipped.
+publish-results: $(STAMP)
+	@$(BIN)/python -c "from sclzoo.zoo.catalog import load_registry; print('\n'.join(e.id for e in load_registry()))" | \
+	while read -r repo; do \
+	  $(BIN)/sclzoo publish-results --repo "$$repo" --results $(LB_RESULTS) || echo "== skipped $$repo"; \
+	done
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
