@@ -82,7 +82,10 @@ def _model_rows() -> list[Row]:
             acc = f"{json.loads((folder / 'training.json').read_text())['accuracy']['torch']['test']:.4f}"
         out.append({"alias": e.get("alias", ""), "id": e["id"], "revision": e.get("revision", "main"),
                     "objective": e.get("objective", ""), "test_acc": acc,
-                    "bundled": "yes" if folder is not None and folder.is_dir() else "no"})
+                    "bundled": "yes" if folder is not None and folder.is_dir() else "no",
+                    # the id results record when the bundled copy is evaluated (the Hub id when loaded from the Hub;
+                    # the leaderboard shows both as one row, docs/artifacts.md#weights-identity)
+                    "results_as": f"local/{folder.name}" if folder is not None and folder.is_dir() else e["id"]})
     return out
 
 

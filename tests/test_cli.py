@@ -111,3 +111,10 @@ def test_dry_run_prints_config_and_cost(bundled: dict[str, Path]) -> None:
     assert d["cost"]["forwards"] == 33 * 10
     assert d["cost"]["explanations"] == (16 + 1) * 10
     assert d["config"]["metrics"]["deletion_auc"]["steps"] == 32
+
+
+def test_ls_models_says_which_id_results_record_for_a_bundled_copy(bundled: dict[str, Path]) -> None:
+    res = CliRunner().invoke(cli, ["ls", "models", "--json"])
+    rows = {r["alias"]: r for r in json.loads(res.output)}
+    ce = rows["ce-resnet8-mnist"]
+    assert ce["id"] == "sclzoo/resnet8_cifar.ce_mnist5k" and ce["results_as"] == f"local/{bundled['ce'].name}"
