@@ -587,11 +587,12 @@ def render_figures(board: dict[str, Any], loaded: list[LoadedResult]) -> dict[st
             figs["distributions"] = plots.distributions_figure(
                 series, [{"name": m, "higher_is_better": info[m]["higher_is_better"]} for m in grp["metrics"]],
                 grp["methods"])
-        ranks = np.array([[float(r["metrics"][m]["rank"]) if m in r["metrics"] else np.nan for m in grp["metrics"]]
-                          for r in rows], dtype=np.float64)
-        figs["ranks"] = plots.rank_heatmap(
-            [_plain(f"{r['label']} · {r['method']}") for r in rows],
-            [f"{m} {'↑' if info[m]['higher_is_better'] else '↓'}" for m in grp["metrics"]], ranks)
+        if len(grp["models"]) > 1:  # one model ranks first everywhere: its scores are in the table, no heat-map
+            ranks = np.array([[float(r["metrics"][m]["rank"]) if m in r["metrics"] else np.nan
+                               for m in grp["metrics"]] for r in rows], dtype=np.float64)
+            figs["ranks"] = plots.rank_heatmap(
+                [_plain(f"{r['label']} · {r['method']}") for r in rows],
+                [f"{m} {'↑' if info[m]['higher_is_better'] else '↓'}" for m in grp["metrics"]], ranks)
         gallery_rows: list[tuple[Any, ...]] = []
         images = sample_ids = labels = None
         for f, r in members:

@@ -107,3 +107,12 @@ def test_committed_leaderboard_files_validate() -> None:
     root = Path(__file__).resolve().parent.parent / "leaderboard"
     assert validate_file(root / "leaderboard.json") == ("leaderboard", [])
     assert validate_file(root / "compare.json") == ("compare", [])
+
+
+def test_a_single_model_group_has_no_rank_heatmap(tmp_path: Path) -> None:
+    from sclzoo.evaluator.leaderboard import write_leaderboard
+
+    write_synthetic(tmp_path / "r", "ce", scores(1))
+    write_leaderboard(tmp_path / "r", tmp_path / "lb")
+    assert not list((tmp_path / "lb" / "img").glob("*_ranks.png"))
+    assert "![ranks]" not in (tmp_path / "lb" / "LEADERBOARD.md").read_text()
