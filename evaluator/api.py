@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from sclzoo.errors import ConfigError, DatasetError, ModelLoadError, ResultError
-from sclzoo.evaluator.config import EvalConfig
+from sclzoo.evaluator.config import EvalConfig, build_config
 from sclzoo.evaluator.document import (
     AccuracyRecord,
     DatasetRecord,
@@ -81,23 +81,6 @@ class Result:
                  "ci95_low": agg["ci95"][0], "ci95_high": agg["ci95"][1]}
                 for m, d in self.data["scores"].items() for k, agg in d.items()]
         return pd.DataFrame(rows)
-
-
-def build_config(config: EvalConfig | None = None, preset: str | None = None, config_file: str | Path | None = None,
-                 **kwargs: Any) -> EvalConfig:
-    """One frozen config from a preset, a TOML file and keyword overrides (later ones win)."""
-    from sclzoo.evaluator.config import load_config_file
-
-    if config is not None:
-        return config.replace(**kwargs) if kwargs else config
-    d: dict[str, Any] = {}
-    if preset is not None:
-        d["preset"] = preset
-    if config_file is not None:
-        file_d = load_config_file(config_file)
-        d = {**d, **file_d}
-    d.update({k: v for k, v in kwargs.items() if v is not None})
-    return EvalConfig.from_dict(d, where=str(config_file) if config_file else "options")
 
 
 def _versions() -> dict[str, str]:
@@ -166,13 +149,21 @@ def evaluate(
         ResultError: a checkpoint exists but neither ``resume`` nor ``force`` is given, a checkpoint is corrupt,
             or the results folder cannot be written.
     """
+    from sclzoo.evaluator.cache import finished_result, remember_result, request_key
     from sclzoo.zoo.train import resolve_device
 
     cfg = build_config(config, preset, config_file, **kwargs)
+    request = {"data": data, "preprocess": preprocess, "class_map": class_map, "weights": weights,
+               "num_classes": num_classes, "in_chans": in_chans, "model_id": model_id}
+    rank0 = os.environ.get("RANK", "0") == "0"
+    if out is not None and not force:  # the same request finished before: its result, without planning again
+        found = finished_result(model, cfg, out, revision=revision, **request)
+        if found is not None:
+            return Result(found[0], found[1], reused=True, is_main=rank0)
     methods, metrics = resolve_specs(cfg)  # fail on bad names before any download
     dev = resolve_device(cfg.device)
-    ep = plan(model, cfg, device=dev, revision=revision, data=data, model_id=model_id, preprocess=preprocess,
-              weights=weights, num_classes=num_classes, in_chans=in_chans, class_map=class_map)
+    ep = plan(model, cfg, device=dev, revision=revision, **request)
+    memo = request_key(ep.resolved, cfg, **request) if out is not None else None
     resolved, loaded, dplan = ep.resolved, ep.loaded, ep.data
     images, labels, ids, indices_sha, canonical = ep.images, ep.labels, ep.ids, ep.indices_sha, ep.canonical
     config_hash = ep.config_hash
@@ -183,7 +174,10 @@ def evaluate(
         canonical = {**canonical, "batch_size": cfg.batch_size}  # execution only: the hash is unchanged
     path = result_path(out, resolved.repo_id, resolved.commit_sha, config_hash) if out is not None else None
     if path is not None and path.is_file() and not force:  # under torchrun every process returns here
-        return Result(read_result(path), path, reused=True, is_main=os.environ.get("RANK", "0") == "0")
+        found_doc = read_result(path)
+        if rank0 and out is not None:
+            remember_result(out, memo, resolved.repo_id, resolved.commit_sha, config_hash)
+        return Result(found_doc, path, reused=True, is_main=rank0)
     if path is not None:
         check_writable(path)  # fail now, not after hours of compute
 
@@ -199,9 +193,12 @@ def evaluate(
                 "metrics": list(metrics)}
         done, on_batch = _checkpointing(path, meta, ids.numpy(), resume=resume, force=force, info=info)
         job = _Job(cfg, loaded, resolved, dplan, images, labels, ids, ep.methods, canonical, config_hash,
-                   indices_sha, path)
-        return _run(job, dev, info, done, on_batch, progress=progress, command=command,
-                    provenance_source=provenance_source)
+                   indices_sha, path, Path(out) if out is not None else None)
+        res = _run(job, dev, info, done, on_batch, progress=progress, command=command,
+                   provenance_source=provenance_source)
+        if res.path is not None and out is not None:  # rank 0 wrote the result
+            remember_result(out, memo, resolved.repo_id, resolved.commit_sha, config_hash)
+        return res
     finally:
         if own_group:
             shutdown(info)
@@ -613,6 +610,7 @@ class _Job:
     config_hash: str
     indices_sha: str
     path: Path | None
+    out: Path | None = None  # the results root (its .sclzoo-cache/ holds the split accuracy)
 
 
 def _run(job: _Job, dev: torch.device, info: DistInfo, done: dict[int, BatchResult],
@@ -657,26 +655,31 @@ def _run(job: _Job, dev: torch.device, info: DistInfo, done: dict[int, BatchResu
     started = datetime.now(timezone.utc)
     t0 = time.time()
     deterministic = True
+    computed: list[tuple[str, float | None]] = []  # split accuracies to cache once the result is written
     with deterministic_algorithms():
+        # The split's accuracy (and its NaN check) once per model, split and runtime; the runner then checks
+        # only the evaluated images (evaluator/cache.py).
+        split_acc = _split_accuracy(job, dev, runtime, computed)
         output = run_evaluation(runtime.model if runtime else loaded.model, images, labels, ids, cfg, device=dev,
-                                split_images=data.images, split_labels=plan.labels, baseline_pool=baseline_pool,
-                                labels_match=plan.labels_match,
+                                baseline_pool=baseline_pool, labels_match=plan.labels_match,
                                 forward_logits=runtime.forward if runtime else None,
                                 forward_threads=runtime.forward_threads if runtime else None,
                                 progress=progress and info.is_main, done_batches=done, on_batch=on_batch,
                                 shard=(info.rank, info.world_size))
     if info.enabled:
         output = _gather(output, cfg.batch_size, info)
-    if cfg.runtime == "onnx":
-        acc_onnx = output.accuracy
-        with torch.no_grad():
-            logits = torch.cat([loaded.model.to(dev)(data.images[i : i + 256].to(dev)).cpu()
-                                for i in range(0, len(data), 256)])
-        acc_torch = {"value": float((logits.argmax(1) == plan.labels).float().mean()), "n": len(data)}
-        if not plan.labels_match:
-            acc_torch = dict(output.accuracy)
+    if output.accuracy["value"] is None:  # the runner's "not applicable" record, for the whole split
+        split_record = {**output.accuracy, "n": len(data)}
     else:
-        acc_torch = output.accuracy
+        split_record = {"value": split_acc, "n": len(data)}
+    if cfg.runtime == "onnx":
+        acc_onnx = split_record
+        acc_torch = dict(split_record)
+        if plan.labels_match:  # the PyTorch model's own figure beside onnxruntime's
+            acc_torch["value"] = _split_accuracy(job, dev, None, computed, batch_size=256, deterministic=False,
+                                                 check_finite=False)
+    else:
+        acc_torch = split_record
     scores = {
         m: {k: score_record(METRICS.get(k).family, METRICS.get(k).higher_is_better, METRICS.get(k).version, v,
                             cfg.seed) for k, v in d.items()}
@@ -722,7 +725,48 @@ def _run(job: _Job, dev: torch.device, info: DistInfo, done: dict[int, BatchResu
         write_result(path, doc, samples_lines(output.sample_ids, output.labels, output.predictions,
                                               output.targets, output.scores))
         remove_checkpoint(checkpoint_dir(path))  # the result is complete: its checkpoint has served
+        from sclzoo.evaluator.cache import store_accuracy
+
+        for key, value in computed:
+            store_accuracy(job.out, key, len(data), value)
     return Result(doc, path if info.is_main else None, output, is_main=info.is_main)
+
+
+def _split_accuracy(job: _Job, dev: torch.device, runtime: Any, computed: list[tuple[str, float | None]], *,
+                    batch_size: int | None = None, deterministic: bool = True, check_finite: bool = True
+                    ) -> float | None:
+    """Accuracy on the whole split through ``runtime`` (onnxruntime) or, when None, the PyTorch model in batches
+    of ``batch_size`` (default max(batch size, 256), as the runner's forward), computed under deterministic
+    algorithms or not (recorded in the key); read from the results folder's cache (:mod:`sclzoo.evaluator.cache`)
+    when it holds it, else computed and appended to ``computed`` as (key, value) for :func:`_run` to store. None
+    when the labels are not the model's classes.
+    """
+    from sclzoo.evaluator.cache import accuracy_key, split_accuracy
+    from sclzoo.zoo.train import device_name
+
+    cfg, plan, loaded = job.cfg, job.plan, job.loaded
+    images = plan.data.images
+    if runtime is not None:
+        backend: dict[str, Any] = {"runtime": "onnx", "batch_size": 256}
+
+        def logits() -> torch.Tensor:
+            return runtime.forward(images)
+    else:
+        b = batch_size or max(int(cfg.batch_size), 256)
+        backend = {"runtime": "torch", "batch_size": b, "deterministic": deterministic}
+
+        @torch.no_grad()
+        def logits() -> torch.Tensor:  # the runner's forward (runner.run_evaluation)
+            net = loaded.model.eval().to(dev)
+            out = [net(images[i : i + b].to(dev)).float().cpu() for i in range(0, len(images), b)]
+            return torch.cat(out) if out else torch.zeros(0)
+    backend.update(device=dev.type, device_name=device_name(dev), threads=torch.get_num_threads())
+    key = accuracy_key(resolved=job.resolved, loaded=loaded, plan=plan, backend=backend) if job.out else None
+    value, from_cache = split_accuracy(logits, plan.labels, labels_match=plan.labels_match,
+                                       check_finite=check_finite, out=job.out, key=key)
+    if key is not None and not from_cache:
+        computed.append((key, value))
+    return value
 
 
 def explain(

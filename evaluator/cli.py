@@ -276,7 +276,7 @@ def evaluate_cmd(model_ref: str, revision: str | None, weights: str | None, num_
     The model may be a bundled zoo model, a zoo or timm repo (folder or Hub), or a timm architecture with a
     safetensors file; images are converted and resized to the model's input as its data config says.
     """
-    from sclzoo.evaluator.api import build_config, evaluate
+    from sclzoo.evaluator.config import build_config
     from sclzoo.evaluator.results import check_resume_force
 
     if threads is not None:
@@ -310,6 +310,18 @@ def evaluate_cmd(model_ref: str, revision: str | None, weights: str | None, num_
                                         model_id=model_id, class_map=class_map, preprocess=preprocess or None),
                               indent=2, default=str))
         return
+    if not force:  # a finished result of the same request: found without torch (evaluator/cache.py)
+        from sclzoo.evaluator.cache import finished_result
+
+        found = finished_result(model_ref, cfg, out_dir, revision=revision, weights=weights,
+                                num_classes=num_classes, in_chans=int(in_chans) if in_chans else None,
+                                model_id=model_id, class_map=class_map, preprocess=preprocess or None)
+        if found is not None:
+            if os.environ.get("RANK", "0") == "0":  # torchrun: rank 0 reports
+                _print_result(found[0], found[1], reused=True)
+            return
+    from sclzoo.evaluator.api import evaluate
+
     try:
         res = evaluate(model_ref, revision=revision, out=out_dir, config=cfg, force=force, resume=resume,
                        progress=not quiet, command=" ".join(["sclzoo", *sys.argv[1:]]), weights=weights,
@@ -319,11 +331,14 @@ def evaluate_cmd(model_ref: str, revision: str | None, weights: str | None, num_
         click.echo("interrupted: finished batches are checkpointed; run the same command with --resume to "
                    "continue", err=True)
         sys.exit(130)
-    if not res.is_main:  # torchrun: rank 0 reports
-        return
-    d = res.data
-    if res.reused:
-        click.echo(f"result exists for this model commit and config (use --force to recompute): {res.path}")
+    if res.is_main:  # torchrun: rank 0 reports
+        _print_result(res.data, res.path, reused=res.reused)
+
+
+def _print_result(d: dict[str, Any], path: Path | None, *, reused: bool) -> None:
+    """The summary line, the scores table and the result's path."""
+    if reused:
+        click.echo(f"result exists for this model commit and config (use --force to recompute): {path}")
     acc = d["accuracy"]["torch"]
     acc_text = "accuracy n/a (the dataset's classes are not the model's; pass --class-map)" \
         if acc["value"] is None else f"accuracy {acc['value']:.4f}"
@@ -343,8 +358,8 @@ def evaluate_cmd(model_ref: str, revision: str | None, weights: str | None, num_
     if any(r["n_nan"] for r in rows):
         click.echo("note: NaN scores (undefined for a sample, e.g. a constant map in a correlation) are counted in "
                    "n_nan and left out of the aggregates.")
-    if res.path:
-        click.echo(f"result → {res.path}")
+    if path:
+        click.echo(f"result → {path}")
 
 
 # ------------------------------------------------------------------------------------------------------ explain

@@ -16,7 +16,7 @@ from sclzoo.errors import ConfigError
 from sclzoo.tomlfile import read_toml
 from sclzoo.vocab import SELECTIONS  # how images are picked -> the name the canonical config records
 
-__all__ = ["EvalConfig", "PRESETS", "load_config_file"]
+__all__ = ["EvalConfig", "PRESETS", "build_config", "load_config_file"]
 
 TARGETS = ("predicted", "label")
 RUNTIMES = ("torch", "onnx")
@@ -235,3 +235,18 @@ class EvalConfig:
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Reads an evaluation config TOML file into a mapping (validated by :meth:`EvalConfig.from_dict`)."""
     return read_toml(path, "config file")
+
+
+def build_config(config: EvalConfig | None = None, preset: str | None = None, config_file: str | Path | None = None,
+                 **kwargs: Any) -> EvalConfig:
+    """One frozen config from a preset, a TOML file and keyword overrides (later ones win)."""
+    if config is not None:
+        return config.replace(**kwargs) if kwargs else config
+    d: dict[str, Any] = {}
+    if preset is not None:
+        d["preset"] = preset
+    if config_file is not None:
+        file_d = load_config_file(config_file)
+        d = {**d, **file_d}
+    d.update({k: v for k, v in kwargs.items() if v is not None})
+    return EvalConfig.from_dict(d, where=str(config_file) if config_file else "options")

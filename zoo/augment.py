@@ -5,9 +5,9 @@ resized crop ∘ rotation ∘ translation ∘ flip) goes through a single ``grid
 grouped convolution with a per-image kernel. Every draw comes from the generator passed in, so an epoch's
 augmentations are a function of (seed, epoch) and a resumed run repeats them exactly.
 
-Patch deletion (:class:`PatchDeletionConfig`, :func:`delete_patches`) sets random cells of a g x g grid to a
-deletion value: trained with it, a model has seen the inputs the ``single_deletion`` metric feeds it, so its score
-is in domain (docs/training.md#patch-deletion).
+Patch deletion (:func:`delete_patches`, configured by :class:`sclzoo.deletion.PatchDeletionConfig`) sets random
+cells of a g x g grid to a deletion value: trained with it, a model has seen the inputs the ``single_deletion``
+metric feeds it, so its score is in domain (docs/training.md#patch-deletion).
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sclzoo.deletion import PatchDeletionConfig
 from sclzoo.errors import ConfigError
 
-__all__ = ["AugmentConfig", "PatchDeletionConfig", "augment_batch", "delete_patches", "grid_cells"]
+__all__ = ["AugmentConfig", "augment_batch", "delete_patches", "grid_cells"]
 
 
 @dataclass(frozen=True)
@@ -141,50 +142,6 @@ def augment_batch(x: Tensor, cfg: AugmentConfig, gen: torch.Generator) -> Tensor
         flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="reflect"), k1.view(n * c, 1, -1, 1), groups=n * c)
         out = flat.view(n, c, h, w)
     return out
-
-
-@dataclass(frozen=True)
-class PatchDeletionConfig:
-    """Patch deletion, the in-domain augmentation for grid-deletion metrics; recorded in training.json.
-
-    Attributes:
-        grid: g: the image is cut into a g x g grid of non-overlapping cells (:func:`grid_cells`).
-        value: Deletion value in pixel space ([0, 1] pixels; 0 = black), as the metrics' baseline.
-        p: Probability that a view gets patches deleted; then k, uniform in [1, g² − 1], cells chosen uniformly
-            without replacement are set to ``value``.
-    """
-
-    grid: int = 4
-    value: float = 0.0
-    p: float = 0.5
-
-    def __post_init__(self) -> None:
-        if isinstance(self.grid, bool) or not isinstance(self.grid, int) or self.grid < 2:
-            raise ConfigError(f"patch_deletion.grid must be an integer >= 2 (a g x g grid), got {self.grid!r}")
-        if isinstance(self.value, bool) or not isinstance(self.value, (int, float)) or not math.isfinite(self.value):
-            raise ConfigError(f"patch_deletion.value must be a finite number (pixel space, 0 = black), "
-                              f"got {self.value!r}")
-        if isinstance(self.p, bool) or not isinstance(self.p, (int, float)) or not 0.0 <= self.p <= 1.0:
-            raise ConfigError(f"patch_deletion.p must be a probability in [0, 1], got {self.p!r}")
-        object.__setattr__(self, "value", float(self.value))
-        object.__setattr__(self, "p", float(self.p))
-
-    @classmethod
-    def from_dict(cls, d: Any, where: str = "patch_deletion") -> PatchDeletionConfig:
-        """Reads ``{grid, value, p}`` (missing keys take the defaults); raises ConfigError naming a bad key."""
-        if not isinstance(d, dict):
-            raise ConfigError(f"[{where}] must be a table with keys grid, value, p; got {d!r}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown key(s) {unknown} in [{where}]; known keys: {sorted(known)}")
-        try:
-            return cls(**d)
-        except ConfigError as e:
-            raise ConfigError(str(e).replace("patch_deletion.", f"{where}.", 1)) from None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def grid_cells(h: int, w: int, g: int) -> Tensor:

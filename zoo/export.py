@@ -20,9 +20,9 @@ from typing import Any
 from safetensors.torch import save_file
 from torch import nn
 
+from sclzoo.deletion import PatchDeletionConfig
 from sclzoo.errors import ConfigError, ModelLoadError
 from sclzoo.vocab import OBJECTIVES
-from sclzoo.zoo.augment import PatchDeletionConfig
 from sclzoo.zoo.hub import sha256_file
 
 __all__ = ["export_repo", "write_repo", "sha256_file", "package_versions", "git_revision", "SCHEMA_VERSION"]

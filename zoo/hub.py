@@ -48,8 +48,9 @@ if TYPE_CHECKING:  # torch, timm and the modules that need them load only when a
 
     from sclzoo.zoo.preprocess import DataConfig
 
-__all__ = ["ResolvedModel", "LoadedModel", "resolve_model", "load_model", "from_module", "registry_entries",
-           "content_commit", "module_commit", "sha256_file", "parse_config", "hub_timeout", "ZOO_DIR"]
+__all__ = ["ResolvedModel", "LoadedModel", "resolve_model", "resolve_local", "load_model", "from_module",
+           "registry_entries", "content_commit", "module_commit", "sha256_file", "parse_config", "hub_timeout",
+           "ZOO_DIR"]
 
 ZOO_DIR = Path(__file__).resolve().parent
 REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
@@ -431,10 +432,31 @@ def resolve_model(ref: str, revision: str | None = None, *, weights: str | Path 
         ModelNotFoundError: nothing matches (the message says what was tried and how to list models).
         HubError: the Hub could not be reached, timed out or failed (the status code is named).
     """
+    resolved = _resolve(ref, revision, weights, num_classes, in_chans, model_id, remote=True)
+    if resolved is None:  # pragma: no cover - remote=True resolves or raises
+        raise ModelNotFoundError(f"unknown model {ref!r}")
+    return resolved
+
+
+def resolve_local(ref: str, revision: str | None = None) -> ResolvedModel | None:
+    """:func:`resolve_model` for the references it resolves on disk alone (a folder, ``local-dir:PATH``, a bundled
+    alias whose copy is present): the same result, found by hashing the folder's files, without the network or
+    torch. None for every other reference (``timm:``, Hub ids, an alias of a model not bundled here).
+
+    Raises:
+        The errors of :func:`resolve_model` for a reference that names nothing.
+    """
+    return _resolve(ref, revision, None, None, None, None, remote=False)
+
+
+def _resolve(ref: str, revision: str | None, weights: str | Path | None, num_classes: int | None,
+             in_chans: int | None, model_id: str | None, *, remote: bool) -> ResolvedModel | None:
+    """:func:`resolve_model`'s resolution order; with ``remote=False`` it stops (None) where it would build a timm
+    reference or ask the Hub."""
     if not isinstance(ref, str) or not ref:
         raise ConfigError(f"model reference {ref!r} is empty; pass a folder, an alias, org/name or timm:ARCH")
     if ref.startswith("timm:"):
-        return _timm_ref(ref, weights, num_classes, in_chans, model_id)
+        return _timm_ref(ref, weights, num_classes, in_chans, model_id) if remote else None
     if weights is not None:
         raise ConfigError(f"--weights is for timm:ARCH references; {ref!r} brings its own model.safetensors")
     if ref.startswith("local-dir:"):
@@ -443,7 +465,7 @@ def resolve_model(ref: str, revision: str | None = None, *, weights: str | Path 
         repo_id = ref[len("hf-hub:") :]
         if not REPO_ID.match(repo_id):
             raise ModelNotFoundError(f"{repo_id!r} is not a Hub id; use hf-hub:org/name")
-        return _hub(ref, repo_id, revision)
+        return _hub(ref, repo_id, revision) if remote else None
     p = Path(ref)
     if p.is_dir():
         return _local(ref, p)
@@ -454,9 +476,9 @@ def resolve_model(ref: str, revision: str | None = None, *, weights: str | Path 
             if folder.is_dir() and (revision is None or revision == entry.get("revision", "main")):
                 return _local(ref, folder)
             if ref != entry.get("id"):
-                return _hub(ref, entry["id"], revision or entry.get("revision"))
+                return _hub(ref, entry["id"], revision or entry.get("revision")) if remote else None
     if REPO_ID.match(ref) and not p.suffix == ".json":
-        return _hub(ref, ref, revision)
+        return _hub(ref, ref, revision) if remote else None
     names = [str(v) for e in entries for v in (e.get("alias"), e.get("name"), e.get("id")) if v]
     raise ModelNotFoundError(f"unknown model {ref!r}: not a folder, not a zoo alias and not a Hub id (org/name)"
                              f"{_did_you_mean(ref, names)}; run `sclzoo ls models` to list the zoo, or use "

@@ -10,9 +10,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from sclzoo.deletion import PatchDeletionConfig
 from sclzoo.errors import ConfigError
 from sclzoo.tomlfile import read_toml
-from sclzoo.zoo.augment import AugmentConfig, PatchDeletionConfig
+from sclzoo.zoo.augment import AugmentConfig
 
 __all__ = ["OptimConfig", "ProbeConfig", "Recipe", "load_recipe"]
 
