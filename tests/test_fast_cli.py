@@ -59,8 +59,7 @@ def test_a_listing_edited_by_hand_is_not_trusted(tmp_path) -> None:
     from sclzoo.evaluator.listing import SNAPSHOT
 
     doc = json.loads(SNAPSHOT.read_text())
-    doc["sources"]["sclzoo.evaluator.listing"]["code_sha256"] = "0" * 64
-    doc["sources"]["sclzoo.evaluator.listing"]["sha256"] = "0" * 64
+    doc["sources"]["sclzoo.evaluator.metrics"] = {"sha256": "0" * 64, "code_sha256": "0" * 64}
     edited = tmp_path / "listing.json"
     edited.write_text(json.dumps(doc))
     assert snapshot_rows(edited) is None
