@@ -13,7 +13,10 @@ times, in one process:
     or channels_last, batch 16/64/256); each rate is that of the fastest timed call.
 
 It prints one table per model and writes it, with the settings and the floor measurements, to
-``DIR/bench_<model>.json``. All timings use ``time.perf_counter`` after one warm-up on two images, with
+``DIR/bench_<model>.json``. First (seconds; ``--skip-cli`` leaves it out, ``--cli-only`` does nothing else) it
+times the command line's latency in fresh processes, ``--cli-repeats`` times each: ``sclzoo --help``, ``sclzoo
+evaluate --help``, ``sclzoo ls models`` and a second identical ``sclzoo evaluate`` of a tiny config, which returns
+the finished result (evaluator/cache.py); that table goes to ``DIR/bench_cli.json``. All timings use ``time.perf_counter`` after one warm-up on two images, with
 ``torch.set_num_threads(--threads)``. Quantus calls run under a per-metric deadline (``--quantus-timeout``) so the
 script cannot hang; the settings keep Quantus' loops bounded (pixel flipping moves D/K pixels per step).
 
@@ -21,6 +24,7 @@ Examples::
 
     .venv/bin/python bench/bench_metrics.py --out build/bench                  # both models, default sizes
     .venv/bin/python bench/bench_metrics.py --model small --n 4 --floor-batch-sizes 8  # smoke run
+    .venv/bin/python bench/bench_metrics.py --cli-only                          # command-line latency only
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ import json
 import math
 import platform
 import signal
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -419,6 +425,63 @@ def run_quantus(
 
 
 # --------------------------------------------------------------------------------------------------------------
+# Command-line latency
+# --------------------------------------------------------------------------------------------------------------
+
+#: A tiny evaluation (two images, one method, one metric) whose second run returns the finished result.
+CLI_TINY = ("--n-samples", "2", "--methods", "saliency", "--metrics", "sparseness", "--batch-size", "2",
+            "--device", "cpu", "--quiet")
+
+
+def sclzoo_command() -> list[str]:
+    """The ``sclzoo`` script installed beside this interpreter, else ``python -m sclzoo``."""
+    script = Path(sys.executable).with_name("sclzoo")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "sclzoo"]
+
+
+def time_command(cmd: list[str], repeats: int) -> list[float]:
+    """Wall seconds of ``repeats`` runs of ``cmd`` (output discarded); a failing command stops the bench."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        res = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        times.append(time.perf_counter() - t0)
+        if res.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed (exit {res.returncode}): {res.stderr[-2000:]}")
+    return times
+
+
+def bench_cli(repeats: int, log: Callable[[str], None]) -> dict[str, Any]:
+    """Wall times of the command line, each command in a fresh process (imports included)."""
+    base = sclzoo_command()
+    model = SMALL_MODEL_DIR.relative_to(REPO).as_posix()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="sclzoo-bench-cli-") as tmp:
+        evaluate = [*base, "evaluate", "--model", str(SMALL_MODEL_DIR), *CLI_TINY, "--out", str(Path(tmp) / "r")]
+        log("== command line: a tiny evaluation to reuse, then each command in fresh processes")
+        (first,) = time_command(evaluate, 1)
+        for name, cmd in (("sclzoo --help", [*base, "--help"]),
+                          ("sclzoo evaluate --help", [*base, "evaluate", "--help"]),
+                          ("sclzoo ls models", [*base, "ls", "models"]),
+                          ("sclzoo evaluate (finished result)", evaluate)):
+            times = time_command(cmd, repeats)
+            rows.append({"command": name, "min_s": min(times), "median_s": statistics.median(times),
+                         "max_s": max(times), "repeats": repeats})
+    return {"sclzoo": "python -m sclzoo" if base[0] == sys.executable else "sclzoo",
+            "tiny_evaluate": f"sclzoo evaluate --model {model} {' '.join(CLI_TINY)} --out DIR",
+            "first_evaluate_s": first, "commands": rows}
+
+
+def format_cli_table(result: dict[str, Any]) -> str:
+    head = f"{'command (fresh process)':<36}{'min s':>8}{'median s':>10}{'max s':>8}"
+    lines = [f"command line: {result['commands'][0]['repeats']} runs each; the finished result is that of "
+             f"`{result['tiny_evaluate']}` (first run {result['first_evaluate_s']:.2f} s)", head, "-" * len(head)]
+    for r in result["commands"]:
+        lines.append(f"{r['command']:<36}{r['min_s']:>8.3f}{r['median_s']:>10.3f}{r['max_s']:>8.3f}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------------------
 # One model
 # --------------------------------------------------------------------------------------------------------------
 
@@ -589,6 +652,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="forward-only runtime of sclzoo's perturbation metrics: onnx (default; `sclzoo "
                              "evaluate --runtime onnx`) or torch (`--runtime torch`)")
     parser.add_argument("--skip-quantus", action="store_true", help="time sclzoo and the floor only")
+    parser.add_argument("--skip-cli", action="store_true", help="leave out the command-line latency table")
+    parser.add_argument("--cli-only", action="store_true", help="time the command line only (seconds)")
+    parser.add_argument("--cli-repeats", type=int, default=5, help="runs of each command (default 5)")
     args = parser.parse_args(argv)
     if args.n is not None and args.n < 1:
         parser.error(f"--n must be positive, got {args.n}")
@@ -604,6 +670,14 @@ def main(argv: list[str] | None = None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     env = _environment(args.threads)
+    if not args.skip_cli or args.cli_only:
+        cli = {**bench_cli(max(1, args.cli_repeats), log), "environment": env}
+        print(format_cli_table(cli), flush=True)
+        path = args.out / "bench_cli.json"
+        path.write_text(json.dumps(cli, indent=2, allow_nan=False) + "\n")
+        print(f"wrote {path}\n", flush=True)
+        if args.cli_only:
+            return 0
     models = ["small", "resnet18"] if args.model == "all" else [args.model]
     for which in models:
         result = bench_model(which, args, log)
