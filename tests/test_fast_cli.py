@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -31,6 +32,7 @@ print(json.dumps(len(calls)))
 """
 
 
+@pytest.mark.integration  # the command line in a fresh interpreter
 def test_help_and_ls_import_no_torch() -> None:
     code = f"HEAVY = {HEAVY!r}\nKINDS = {KINDS!r}\n{_PROBE}"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -49,13 +51,13 @@ def test_stored_rows_are_current() -> None:
 @pytest.mark.parametrize("broken", ["", "{", "[]", '{"version": 2, "sources": {}, "rows": {}}',
                                     '{"version": 2, "sources": {"sclzoo": {"sha256": "0", "code_sha256": "0"}}, '
                                     '"rows": {}}'])
-def test_a_broken_or_stale_listing_falls_back_to_the_registries(tmp_path, broken: str) -> None:
+def test_a_broken_or_stale_listing_falls_back_to_the_registries(tmp_path: Path, broken: str) -> None:
     bad = tmp_path / "listing.json"
     bad.write_text(broken)
     assert snapshot_rows(bad) is None
 
 
-def test_a_listing_edited_by_hand_is_not_trusted(tmp_path) -> None:
+def test_a_listing_edited_by_hand_is_not_trusted(tmp_path: Path) -> None:
     from sclzoo.evaluator.listing import SNAPSHOT
 
     doc = json.loads(SNAPSHOT.read_text())
@@ -74,6 +76,7 @@ def test_models_rows_are_read_live() -> None:
     assert {r["alias"] for r in rows("models")} >= {"ce-resnet8-mnist", "supcon-resnet8-mnist"}
 
 
+@pytest.mark.integration  # two fresh interpreters importing timm
 def test_timm_knows_the_zoo_after_import_sclzoo_in_either_order() -> None:
     for first, second in (("sclzoo", "timm"), ("timm", "sclzoo")):
         code = (f"import {first}, {second}, sys\n"
