@@ -201,13 +201,26 @@ def _leaf(x: Tensor) -> Tensor:
     return x.detach().requires_grad_(True)
 
 
+#: Input elements per gradient chunk when a method's ``internal_batch_size`` is None: bounds the activations
+#: autograd keeps alive (e.g. 668 rows of 1×28×28, 3 of 3×224×224) while every row's gradient stays the same.
+CHUNK_ELEMENTS = 1 << 19
+
+
+def auto_chunk(inputs: Tensor) -> int:
+    """Rows per gradient pass for stacked ``inputs`` when the caller set no ``internal_batch_size``."""
+    return max(1, CHUNK_ELEMENTS // max(1, inputs[0].numel()))
+
+
 def _input_gradients(model: nn.Module, inputs: Tensor, target: Tensor, chunk: int | None) -> Tensor:
-    """∂f_y/∂x for stacked inputs, in chunks of ``chunk`` rows. Shapes: (R, C, H, W), (R,) → (R, C, H, W).
+    """∂f_y/∂x for stacked inputs, in chunks of ``chunk`` rows (None: :func:`auto_chunk`).
+    Shapes: (R, C, H, W), (R,) → (R, C, H, W).
 
     Summing the selected logits before ``autograd.grad`` gives each row its own gradient because rows do not
     interact in an eval-mode model; only the input's gradient is computed, parameters' ``.grad`` stay untouched.
+    The chunk size bounds memory only: a row's gradient does not depend on the other rows of its chunk (beyond the
+    float rounding of batch-size dependent kernels).
     """
-    size = chunk or inputs.shape[0]
+    size = chunk or auto_chunk(inputs)
     grads = []
     with torch.enable_grad():
         for start in range(0, inputs.shape[0], size):
@@ -301,8 +314,31 @@ def integrated_gradients(
     method: str,
     internal_batch_size: int | None,
 ) -> Tensor:
-    """(x − b) · ∫₀¹ ∂f_y/∂x (b + α(x − b)) dα by ``method`` quadrature. Shapes: (N, C, H, W) → (N, C, H, W)."""
+    """(x − b) · ∫₀¹ ∂f_y/∂x (b + α(x − b)) dα by ``method`` quadrature. Shapes: (N, C, H, W) → (N, C, H, W).
+
+    With ``internal_batch_size`` None the N·n_steps scaled inputs are summed exactly as captum does for one batch,
+    but their gradients are taken in chunks (:func:`auto_chunk`), so memory stays bounded; a row's gradient does
+    not depend on its chunk beyond the float rounding of batch-size dependent kernels (bit for bit for the
+    bundled ResNet-8s), as with any batch size (docs/protocol.md#per-sample-independence).
+    """
     ig = IntegratedGradients(model)
+    if internal_batch_size is None:
+        whole = ig.gradient_func
+
+        def chunked(forward_fn: Callable[..., Tensor], inputs: tuple[Tensor, ...], target_ind: Any = None,
+                    additional_forward_args: Any = None) -> tuple[Tensor, ...]:
+            (rows,) = inputs
+            size = auto_chunk(rows)
+            if rows.shape[0] <= size:
+                return whole(forward_fn, inputs, target_ind, additional_forward_args)
+            grads = []
+            for start in range(0, rows.shape[0], size):
+                part = rows[start : start + size].detach().requires_grad_(True)
+                tgt = target_ind[start : start + size] if isinstance(target_ind, Tensor) else target_ind
+                grads.append(whole(forward_fn, (part,), tgt, additional_forward_args)[0])
+            return (torch.cat(grads),)
+
+        ig.gradient_func = chunked
     return ig.attribute(
         _leaf(x),
         baselines=torch.full_like(x, float(baseline)),

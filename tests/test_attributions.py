@@ -239,3 +239,24 @@ def test_method_passes_match_the_passes_captum_makes() -> None:
             assert grad == 0 and images == fwd + 1  # captum also runs the unoccluded image once
         else:
             assert fwd == 0 and images == grad
+
+
+@pytest.mark.parametrize("method", ["integrated_gradients", "smoothgrad", "gradient_shap"])
+def test_gradient_chunks_bound_memory_without_changing_maps(method: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With internal_batch_size None, gradients are taken in chunks of CHUNK_ELEMENTS input elements: the maps
+    are those of one pass over all scaled inputs, up to the float rounding of batch-size dependent kernels (bit for
+    bit for the bundled ResNet-8s)."""
+    import sclzoo.evaluator.attributions as attributions
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 3)).eval()
+    x = torch.rand(6, 1, 8, 8)
+    target = torch.tensor([0, 1, 2, 0, 1, 2])
+    ids = torch.arange(6)
+    one_pass = attribute(method, net, x, target, sample_ids=ids, seed=0)
+    sizes: list[int] = []
+    net.register_forward_hook(lambda mod, inp, out: sizes.append(inp[0].shape[0]))
+    monkeypatch.setattr(attributions, "CHUNK_ELEMENTS", 5 * 64)  # 5 rows of 1×8×8 per pass
+    chunked = attribute(method, net, x, target, sample_ids=ids, seed=0)
+    assert max(sizes) == 5 and len(sizes) > 1
+    torch.testing.assert_close(chunked, one_pass, rtol=1e-5, atol=1e-8)
