@@ -24,12 +24,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from sclzoo.deletion import PatchDeletionConfig, deletion_in_domain
 from sclzoo.errors import ConfigError, DatasetError, ModelLoadError, ResultError
 from sclzoo.evaluator.config import EvalConfig, build_config
 from sclzoo.evaluator.document import (
     AccuracyRecord,
     DatasetRecord,
     ModelRecord,
+    PatchDeletionRecord,
     ProvenanceRecord,
     RunRecord,
     build_result,
@@ -680,12 +682,16 @@ def _run(job: _Job, dev: torch.device, info: DistInfo, done: dict[int, BatchResu
                                                  check_finite=False)
     else:
         acc_torch = split_record
+    z = loaded.config.get("sclzoo", {})
+    # Whether each deletion metric's perturbed images are in the model's training domain (sclzoo/deletion.py).
+    trained = PatchDeletionConfig.from_dict(z["patch_deletion"]) if "patch_deletion" in z else None
+    hw = (int(images.shape[-2]), int(images.shape[-1]))
     scores = {
         m: {k: score_record(METRICS.get(k).family, METRICS.get(k).higher_is_better, METRICS.get(k).version, v,
-                            cfg.seed) for k, v in d.items()}
+                            cfg.seed, deletion_in_domain(k, canonical["metrics"][k], trained, hw))
+            for k, v in d.items()}
         for m, d in output.scores.items()
     }
-    z = loaded.config.get("sclzoo", {})
     run = RunRecord(
         sclzoo_version=_versions().get("sclzoo", "unknown"),
         git_revision=_git(),
@@ -699,13 +705,16 @@ def _run(job: _Job, dev: torch.device, info: DistInfo, done: dict[int, BatchResu
         timings_s=output.timings,
         perturbations_clamped=False,
     )
+    model_record = ModelRecord(id=resolved.repo_id, requested_revision=resolved.requested_revision,
+                               commit_sha=resolved.commit_sha, files_sha256=loaded.files_sha256,
+                               architecture=loaded.config["architecture"], objective=z.get("objective", "unknown"),
+                               num_parameters=loaded.num_parameters, source=resolved.source, name=loaded.name)
+    if trained is not None:
+        model_record["patch_deletion"] = PatchDeletionRecord(grid=trained.grid, value=trained.value, p=trained.p)
     if "gradcam" in methods:
         run["gradcam_layer"] = gradcam_layer_name(loaded.model, methods["gradcam"].get("layer"))
     doc = build_result(
-        model=ModelRecord(id=resolved.repo_id, requested_revision=resolved.requested_revision,
-                          commit_sha=resolved.commit_sha, files_sha256=loaded.files_sha256,
-                          architecture=loaded.config["architecture"], objective=z.get("objective", "unknown"),
-                          num_parameters=loaded.num_parameters, source=resolved.source, name=loaded.name),
+        model=model_record,
         dataset=DatasetRecord(id=dataset_id, split=plan.split, n_total=len(data), n_evaluated=cfg.n_samples,
                               indices_sha256=indices_sha, split_sha256=data.split_sha256, input_range=[0, 1],
                               **plan.record),

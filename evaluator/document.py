@@ -14,8 +14,8 @@ import numpy as np
 
 from sclzoo.evaluator.results import SCHEMA_VERSION, aggregate
 
-__all__ = ["AccuracyRecord", "DatasetRecord", "ModelRecord", "ProvenanceRecord", "ResultDocument", "RunRecord",
-           "ScoreRecord", "build_result", "score_record"]
+__all__ = ["AccuracyRecord", "DatasetRecord", "ModelRecord", "PatchDeletionRecord", "ProvenanceRecord",
+           "ResultDocument", "RunRecord", "ScoreRecord", "build_result", "score_record"]
 
 
 class _ModelRequired(TypedDict):
@@ -29,10 +29,19 @@ class _ModelRequired(TypedDict):
     source: str
 
 
+class PatchDeletionRecord(TypedDict):
+    """The patch deletion a model was trained with (config.json's ``sclzoo.patch_deletion``; sclzoo/deletion.py)."""
+
+    grid: int
+    value: float
+    p: float
+
+
 class ModelRecord(_ModelRequired, total=False):
-    """Which weights were evaluated."""
+    """Which weights were evaluated (``patch_deletion`` only for a model trained with it)."""
 
     name: str
+    patch_deletion: PatchDeletionRecord
 
 
 class _DatasetRequired(TypedDict):
@@ -71,8 +80,7 @@ class AccuracyRecord(_AccuracyRequired, total=False):
     onnx: Accuracy | None
 
 
-class ScoreRecord(TypedDict):
-    """One (method, metric) aggregate: the metric's identity, then :func:`sclzoo.evaluator.results.aggregate`."""
+class _ScoreRequired(TypedDict):
 
     family: str
     higher_is_better: bool
@@ -84,6 +92,13 @@ class ScoreRecord(TypedDict):
     ci95: list[float | None]
     n: int
     n_nan: int
+
+
+class ScoreRecord(_ScoreRequired, total=False):
+    """One (method, metric) aggregate: the metric's identity, then :func:`sclzoo.evaluator.results.aggregate`;
+    ``in_domain`` only for a deletion metric (:func:`sclzoo.deletion.deletion_in_domain`)."""
+
+    in_domain: bool
 
 
 class _RunRequired(TypedDict):
@@ -127,12 +142,17 @@ class ResultDocument(TypedDict):
     provenance: ProvenanceRecord
 
 
-def score_record(family: str, higher_is_better: bool, version: int, values: np.ndarray, seed: int) -> ScoreRecord:
-    """The aggregate of one (method, metric)'s per-sample scores, NaNs counted (never hidden)."""
+def score_record(family: str, higher_is_better: bool, version: int, values: np.ndarray, seed: int,
+                 in_domain: bool | None = None) -> ScoreRecord:
+    """The aggregate of one (method, metric)'s per-sample scores, NaNs counted (never hidden); ``in_domain`` is
+    recorded when it is not None."""
     agg = aggregate(values, seed)
-    return ScoreRecord(family=family, higher_is_better=higher_is_better, version=version, mean=agg["mean"],
-                       median=agg["median"], std=agg["std"], stderr=agg["stderr"], ci95=agg["ci95"], n=agg["n"],
-                       n_nan=agg["n_nan"])
+    rec = ScoreRecord(family=family, higher_is_better=higher_is_better, version=version, mean=agg["mean"],
+                      median=agg["median"], std=agg["std"], stderr=agg["stderr"], ci95=agg["ci95"], n=agg["n"],
+                      n_nan=agg["n_nan"])
+    if in_domain is not None:
+        rec["in_domain"] = in_domain
+    return rec
 
 
 def build_result(*, model: ModelRecord, dataset: DatasetRecord, config: dict[str, Any], config_hash: str,

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from sclzoo.deletion import GRID_DELETION, PIXEL_DELETION
 from sclzoo.errors import ResultError
 from sclzoo.evaluator.compare import SampleScores, compare_records, from_result, objective_name
 from sclzoo.evaluator.config import EXECUTION_KEYS
@@ -299,6 +300,8 @@ def collect_rows(results: str | Path | list[LoadedResult] | ResultScan) -> pd.Da
                     "file": lr.file,
                     "weights_id": weights_id(r),
                     "also_as": list(lr.also_as),
+                    "in_domain": agg.get("in_domain"),
+                    "patch_deletion": r["model"].get("patch_deletion"),
                 })
     return pd.DataFrame(rows)
 
@@ -400,6 +403,8 @@ def build_leaderboard(results_dir: str | Path | list[LoadedResult] | ResultScan)
                     "ci95": [_float_or_none(r["ci95_low"]), _float_or_none(r["ci95_high"])], "n": int(r["n"]), "n_nan": int(r["n_nan"]),
                     "rank": int(r["rank"]),
                 }
+                if isinstance(r["in_domain"], (bool, np.bool_)):  # deletion metrics of newer results only
+                    metrics[r["metric"]]["in_domain"] = bool(r["in_domain"])
             fam_rank = sub.groupby("family")["rank"].mean()
             group_rows.append({
                 "config_hash": config_hash, "dataset": dataset, "model": model, "name": first["name"],
@@ -410,6 +415,8 @@ def build_leaderboard(results_dir: str | Path | list[LoadedResult] | ResultScan)
                 "mean_rank": {fam: round(float(fam_rank[fam]), 4) for fam in sorted(fam_rank.index, key=_family_key)},
                 "file": first["file"],
             })
+            if isinstance(first["patch_deletion"], dict):
+                group_rows[-1]["patch_deletion"] = dict(first["patch_deletion"])
         for r in group_rows:
             r["label"] = _row_label(r, group_rows)
         groups.append({
@@ -448,6 +455,32 @@ def group_rows(board: dict[str, Any], group: dict[str, Any]) -> list[dict[str, A
 
 def _fmt(v: float | None) -> str:
     return "NaN" if v is None else f"{v:.4g}"
+
+
+#: Marks a grid-deletion score whose perturbed images are not in the model's training domain.
+OUT_OF_DOMAIN = " †"
+
+
+def out_of_domain(metric: str, score: dict[str, Any]) -> bool:
+    """A grid-deletion score recorded as not in domain (pixel-deletion metrics are out of domain for every model,
+    so marking them would tell rows nothing apart; :func:`domain_legend` says so instead)."""
+    return metric in GRID_DELETION and score.get("in_domain") is False
+
+
+def domain_legend(rows: list[dict[str, Any]]) -> str:
+    """The sentence under a table whose rows record in-domain verdicts ("" when none does)."""
+    recorded = sorted({m for r in rows for m, s in r["metrics"].items() if "in_domain" in s})
+    if not recorded:
+        return ""
+    out = []
+    if any(out_of_domain(m, s) for r in rows for m, s in r["metrics"].items()):
+        out.append(f"{OUT_OF_DOMAIN.strip()} not in domain: the model was not trained with patch deletion of this "
+                   "metric's grid and deletion value, so its score also measures how it reacts to images unlike "
+                   "its training images.")
+    pixel = [m for m in recorded if m in PIXEL_DELETION]
+    if pixel:
+        out.append(f"{', '.join(pixel)} delete pixels, not grid cells: out of domain for every model.")
+    return " ".join([*out, "See docs/protocol.md#in-domain-deletion."]) if out else ""
 
 
 def why_apart_text(group: dict[str, Any], reference: dict[str, Any]) -> str:
@@ -504,12 +537,15 @@ def format_markdown(board: dict[str, Any], comparison: dict[str, Any] | None = N
                         cells.append("–")
                         continue
                     nan = f", {s['n_nan']} NaN" if s["n_nan"] else ""
-                    cells.append(f"{_fmt(s['mean'])} (#{s['rank']}{nan})")
+                    cells.append(f"{_fmt(s['mean'])} (#{s['rank']}{nan}){OUT_OF_DOMAIN if out_of_domain(m, s) else ''}")
                 fam_cells = [f"{r['mean_rank'][f]:.2f}" if f in r["mean_rank"] else "–" for f in fams]
                 acc = "–" if r["accuracy"] is None else f"{r['accuracy']:.3f}"
                 lines.append(f"| {r['name']} | {r['objective']} | `{r['commit_sha'][:7]}` | {acc} | "
                              + " | ".join(cells + fam_cells) + " |")
             lines.append("")
+            legend = domain_legend(mrows)
+            if legend:
+                lines += [legend, ""]
     if comparison is not None:
         lines += [compare_markdown(comparison).rstrip("\n"), ""]
     if board.get("notes"):

@@ -13,7 +13,13 @@ from html import escape
 from typing import Any
 
 from sclzoo.evaluator.compare import PAIR_ORDER, format_p_value, objective_name
-from sclzoo.evaluator.leaderboard import group_rows, why_apart_text
+from sclzoo.evaluator.leaderboard import (
+    OUT_OF_DOMAIN,
+    domain_legend,
+    group_rows,
+    out_of_domain,
+    why_apart_text,
+)
 
 __all__ = ["format_html"]
 
@@ -130,7 +136,11 @@ def _group_table(board: dict[str, Any], grp: dict[str, Any]) -> list[str]:
            f'<table class="lb sortable" id="table-{grp["id"]}" data-group="{grp["id"]}">',
            "<thead><tr>" + "".join(heads) + "</tr></thead><tbody>"]
     for r in rows:
-        cells = [f'<td class="t m" title="{escape(r["model"])}@{escape(r["commit_sha"])}">{_breakable(r["label"])}'
+        pd = r.get("patch_deletion")
+        trained = (f"; trained with patch deletion (grid {pd['grid']}, value {pd['value']}, p {pd['p']})"
+                   if isinstance(pd, dict) else "")
+        cells = [f'<td class="t m" title="{escape(r["model"])}@{escape(r["commit_sha"])}{escape(trained)}">'
+                 f'{_breakable(r["label"])}'
                  f'<code>@{escape(r["commit_sha"][:7])}</code></td>',
                  f'<td class="t">{escape(r["objective"])}</td>', f'<td class="t">{_breakable(r["method"])}</td>',
                  f'<td data-v="{_num(r["accuracy"])}">{_fmt_number(r["accuracy"])}</td>']
@@ -142,15 +152,22 @@ def _group_table(board: dict[str, Any], grp: dict[str, Any]) -> list[str]:
             ci = s["ci95"]
             nan = f' · {s["n_nan"]} NaN' if s["n_nan"] else ""
             cls = ' class="r1"' if s["rank"] == 1 and s["mean"] is not None else ""
-            cells.append(f'<td data-v="{_num(s["mean"])}"{cls} title="n = {s["n"]}{nan}; rank {s["rank"]}">'
-                         f'{_fmt_number(s["mean"])} <span class="rk">#{s["rank"]}</span>{escape(nan)}'
-                         f'<span class="ci">[{_fmt_number(ci[0], 3)}, {_fmt_number(ci[1], 3)}]</span></td>')
+            ood = out_of_domain(m, s)
+            note = "; not in domain: the model was not trained with this grid deletion" if ood else ""
+            cells.append(f'<td data-v="{_num(s["mean"])}"{cls} title="n = {s["n"]}{nan}; rank {s["rank"]}{note}">'
+                         f'{_fmt_number(s["mean"])}{OUT_OF_DOMAIN if ood else ""} <span class="rk">#{s["rank"]}</span>'
+                         f'{escape(nan)}<span class="ci">[{_fmt_number(ci[0], 3)}, {_fmt_number(ci[1], 3)}]</span></td>')
         for f in grp["families"]:
             v = r["mean_rank"].get(f)
             cells.append(f'<td data-v="{_num(v)}">{"–" if v is None else f"{v:.2f}"}</td>')
-        out.append(f'<tr class="lb-row" data-model="{escape(r["model"])}" data-method="{escape(r["method"])}">'
-                   + "".join(cells) + "</tr>")
+        ood_metrics = [m for m in grp["metrics"] if m in r["metrics"] and out_of_domain(m, r["metrics"][m])]
+        ood_attr = f' data-out-of-domain="{escape(" ".join(ood_metrics))}"' if ood_metrics else ""
+        out.append(f'<tr class="lb-row" data-model="{escape(r["model"])}" data-method="{escape(r["method"])}"'
+                   f'{ood_attr}>' + "".join(cells) + "</tr>")
     out.append("</tbody></table></div>")
+    legend = domain_legend(rows)
+    if legend:
+        out.append(f'<p class="muted">{escape(legend)}</p>')
     return out
 
 

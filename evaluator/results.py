@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from sclzoo.deletion import PatchDeletionConfig, deletion_in_domain, is_deletion_metric
 from sclzoo.errors import ConfigError, ResultError
 
 try:  # POSIX: a checkpoint's lock is an flock, which the kernel releases when its holder dies
@@ -275,6 +276,29 @@ def _registry_problems(data: dict[str, Any]) -> list[str]:
     return out
 
 
+def _domain_problems(data: dict[str, Any]) -> list[str]:
+    """``in_domain`` verdicts that contradict the recorded model and metric parameters (sclzoo/deletion.py), and
+    verdicts on metrics that delete nothing. A metric this sclzoo does not know is not judged."""
+    from sclzoo.evaluator.metrics import METRICS
+
+    block = data["model"].get("patch_deletion")
+    trained = PatchDeletionConfig.from_dict(block) if block is not None else None  # the schema checked its keys
+    out = []
+    for method, per_metric in data["scores"].items():
+        for metric, agg in per_metric.items():
+            if "in_domain" not in agg:
+                continue
+            where = f"scores/{method}/{metric}"
+            if is_deletion_metric(metric):
+                expected = deletion_in_domain(metric, data["config"]["metrics"].get(metric, {}), trained, None)
+                if expected is not None and agg["in_domain"] != expected:
+                    out.append(f"{where}: in_domain {agg['in_domain']} contradicts the model's patch_deletion "
+                               f"{block} and the metric's parameters (docs/protocol.md#in-domain-deletion)")
+            elif metric in METRICS:
+                out.append(f"{where}: in_domain is recorded, but {metric!r} feeds the model no deleted images")
+    return out
+
+
 def _sample_values(samples: list[Any]) -> tuple[list[str], np.ndarray | None]:
     """Problems with the shape of per-sample records, and their sample ids (None when malformed)."""
     for i, s in enumerate(samples):
@@ -303,7 +327,8 @@ def check_result(data: dict[str, Any], samples: list[Any] | None = None) -> list
 
     Returns:
         Problems found, one line each (empty when valid): schema violations and NaN/Infinity literals; scores
-        whose family, direction or version contradict the metric registry or the recorded config; then, against
+        whose family, direction or version contradict the metric registry or the recorded config, or whose
+        ``in_domain`` contradicts the model's ``patch_deletion`` and the metric's parameters; then, against
         the samples: their count vs ``n_evaluated``, their ids vs ``indices_sha256``, and each score's n, n_nan,
         mean, median, std and stderr recomputed from them.
     """
@@ -315,6 +340,7 @@ def check_result(data: dict[str, Any], samples: list[Any] | None = None) -> list
     if problems:
         return problems
     problems += _registry_problems(data)
+    problems += _domain_problems(data)
     for method, per_metric in data["scores"].items():
         for metric, agg in per_metric.items():
             if (agg["n"] > 0) != (agg["mean"] is not None):

@@ -87,11 +87,11 @@ def is_deletion_metric(metric: str) -> bool:
 
 
 def deletion_in_domain(metric: str, params: Mapping[str, Any], trained: PatchDeletionConfig | None,
-                       input_hw: tuple[int, int]) -> bool | None:
+                       input_hw: tuple[int, int] | None) -> bool | None:
     """Whether a deletion metric's perturbed images are in the model's training domain.
 
     - ``single_deletion``: in domain when the model was trained with patch deletion of the metric's ``grid`` and
-      deletion ``value``.
+      deletion value (its ``baseline``).
     - ``region_perturbation_aopc``: in domain when its p x p patches are the training grid's cells
       (p = ceil(H / g) = ceil(W / g)), its ``baseline`` is the training value and it deletes at most g² − 1 cells
       (``n_regions``).
@@ -101,10 +101,12 @@ def deletion_in_domain(metric: str, params: Mapping[str, Any], trained: PatchDel
         metric: Metric name.
         params: The metric's parameters as recorded in the result's config (defaults filled in).
         trained: The model's patch deletion (from config.json), or None when it was trained without it.
-        input_hw: (H, W) of the evaluated images.
+        input_hw: (H, W) of the evaluated images; None when unknown (checking a result file, which does not
+            record it).
 
     Returns:
-        True or False for a deletion metric; None for a metric that deletes nothing (the notion does not apply).
+        True or False for a deletion metric; None for a metric that deletes nothing (the notion does not apply),
+        and for ``region_perturbation_aopc`` when ``input_hw`` is None and the size-free conditions hold.
     """
     if metric in PIXEL_DELETION:
         return False
@@ -112,15 +114,18 @@ def deletion_in_domain(metric: str, params: Mapping[str, Any], trained: PatchDel
         return None
     if trained is None:
         return False
-    g, h, w = trained.grid, *input_hw
+    g = trained.grid
     if metric == "single_deletion":
-        return _same_number(params.get("grid"), g) and _same_number(params.get("value"), trained.value)
+        return _same_number(params.get("grid"), g) and _same_number(params.get("baseline"), trained.value)
+    regions = params.get("n_regions")
+    if not (isinstance(regions, int) and regions <= g * g - 1 and _same_number(params.get("baseline"), trained.value)):
+        return False
+    if input_hw is None:
+        return None
+    h, w = input_hw
     patch = params.get("patch_size")
     p = max(1, h // 8) if patch is None else patch  # the metric's default (docs/protocol.md#region-perturbation-aopc)
-    regions = params.get("n_regions")
-    return (_same_number(p, _cells(h, g)) and _same_number(p, _cells(w, g))
-            and isinstance(regions, int) and regions <= g * g - 1
-            and _same_number(params.get("baseline"), trained.value))
+    return _same_number(p, _cells(h, g)) and _same_number(p, _cells(w, g))
 
 
 def _same_number(a: Any, b: float) -> bool:

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from sclzoo.deletion import PatchDeletionConfig
 from sclzoo.errors import ConfigError, HubError, ModelLoadError, ModelNotFoundError, transport_errors
 from sclzoo.zoo.catalog import REGISTRY_FILE, load_registry
 
@@ -646,6 +647,13 @@ def parse_config(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
         if "train_dataset" in z and not (isinstance(z["train_dataset"], dict)
                                          and isinstance(z["train_dataset"].get("id", ""), str)):
             raise ModelLoadError(f"{where}: sclzoo.train_dataset must be an object with a string id")
+        if "patch_deletion" in z:  # results say from it whether a deletion metric is in domain (sclzoo/deletion.py)
+            try:
+                z["patch_deletion"] = PatchDeletionConfig.from_dict(z["patch_deletion"],
+                                                                    "sclzoo.patch_deletion").to_dict()
+            except ConfigError as e:
+                raise ModelLoadError(f"{where}: {e}; re-export the repo with `sclzoo export`, or delete the key "
+                                     "if the model was not trained with patch deletion") from None
         out["sclzoo"] = z
     return out
 
