@@ -15,7 +15,7 @@ ZOO     := $(DEMO_ZOO)
 DEMO_METHODS ?= saliency,integrated_gradients,gradcam
 DEMO_METRICS ?= faithfulness_correlation,deletion_auc,insertion_auc,sparseness,complexity,effective_complexity,max_sensitivity,avg_sensitivity
 
-.PHONY: install demo test test-integration test-reference test-slow test-all lint zoo cards cards-check leaderboard clean help bench publish-results
+.PHONY: install demo test test-integration test-reference test-slow test-all lint zoo cards cards-check listing leaderboard clean help bench publish-results
 
 help:
 	@echo "make install   create $(VENV) and install sclzoo with pinned torch (idempotent)"
@@ -29,6 +29,7 @@ help:
 	@echo "make zoo       retrain and re-export the bundled zoo from zoo/recipes/"
 	@echo "make cards     re-render the model cards (README.md) of the bundled zoo from their data"
 	@echo "make cards-check  fail with a diff when a bundled model card drifted from its data"
+	@echo "make listing   refresh the stored rows of sclzoo ls (evaluator/listing.json) after changing a registry"
 	@echo "make leaderboard  evaluate registry models without a result (standard preset), rebuild leaderboard/"
 
 install: $(STAMP)
@@ -98,6 +99,11 @@ cards: install
 
 cards-check: install
 	$(BIN)/python -m sclzoo.zoo.cards --check
+
+# `sclzoo ls` prints stored rows (no torch import) while the registries' sources are unchanged; tests fail until
+# this refreshes them (evaluator/listing.py).
+listing: install
+	$(BIN)/python -m sclzoo.evaluator.listing
 
 # Registry-driven update (what the CI leaderboard job runs): evaluates only the zoo/registry.toml entries whose
 # (commit sha, config hash) has no result in $(LB_RESULTS), then rebuilds $(LB_OUT) from all results.

@@ -5,8 +5,8 @@ or captum, which take seconds to import. Their rows are therefore kept in ``list
 together with two hashes of every sclzoo source file that computing them imported: of its bytes, and of its
 code without comments and module docstring (:func:`code_sha256`). :func:`rows` uses the stored rows only while
 every such file has the same code, and otherwise computes them live (slower, never stale). After changing a
-registry, refresh the file with ``python -m sclzoo.evaluator.listing``; tests/test_fast_cli.py fails while it
-is out of date. ``models`` is read live: it comes from ``zoo/registry.toml`` and the bundled repos'
+registry, refresh the file with ``make listing`` (``python -m sclzoo.evaluator.listing``); tests/test_fast_cli.py
+fails while it is out of date. ``models`` is read live: it comes from ``zoo/registry.toml`` and the bundled repos'
 ``training.json``, which this module reads without torch.
 """
 

@@ -43,9 +43,9 @@ def test_help_and_ls_import_no_torch() -> None:
 def test_stored_rows_are_current() -> None:
     stored = snapshot_rows()
     assert stored is not None, ("evaluator/listing.json is out of date (a registry's source changed); refresh it "
-                                "with `python -m sclzoo.evaluator.listing`")
+                                "with `make listing`")
     for kind in STORED_KINDS:
-        assert stored[kind] == live_rows(kind), f"{kind}: run `python -m sclzoo.evaluator.listing`"
+        assert stored[kind] == live_rows(kind), f"stored {kind} rows differ from the registry; run `make listing`"
 
 
 @pytest.mark.parametrize("broken", ["", "{", "[]", '{"version": 2, "sources": {}, "rows": {}}',
