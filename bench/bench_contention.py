@@ -8,7 +8,8 @@ run it records the wall time and the CPU time the evaluation got (its children's
 - the slowdown: wall time beside the competitor / wall time alone;
 - the CPU share lost: 1 − (cores the evaluation used beside / cores it used alone), cores = CPU time / wall time;
 - the proportional slowdown that share implies, 1 / (1 − share lost): a slowdown above it means the evaluation's
-  own threads fight each other or the competitor (spinning thread pools), not just that it has less CPU.
+  own threads fight each other or the competitor (spinning thread pools), not just that it has less CPU;
+- the evaluation's peak resident memory (the demo's per-model evaluation at the default ``--n 64``).
 
 Examples::
 
@@ -64,14 +65,16 @@ def run_once(args: argparse.Namespace, out: Path, competing: bool) -> dict[str, 
         spinner.wait()
     if proc.returncode != 0:
         raise SystemExit(f"evaluation failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+    # ru_maxrss of the children is the largest peak of any child so far: the evaluation, not the small spinner
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return {"competing": competing, "wall_s": round(wall, 2), "cpu_s": round(cpu, 2),
-            "cores_used": round(cpu / wall, 3)}
+            "cores_used": round(cpu / wall, 3), "peak_rss_mb": round(peak_mb)}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=MODEL, help=f"model to evaluate (default {MODEL})")
-    parser.add_argument("--n", type=int, default=16, help="images (default 16)")
+    parser.add_argument("--n", type=int, default=64, help="images (default 64, as make demo)")
     parser.add_argument("--methods", default=METHODS)
     parser.add_argument("--metrics", default=METRICS)
     parser.add_argument("--threads", type=int, default=None, help="--threads of the evaluation (default: auto)")
@@ -88,9 +91,9 @@ def main(argv: list[str] | None = None) -> int:
               "alone": alone, "with_one_competing_process": beside, "slowdown": round(slowdown, 3),
               "cpu_share_lost": round(share_lost, 3), "proportional_slowdown": round(proportional, 3),
               "slowdown_over_proportional": round(slowdown / proportional, 3)}
-    print(f"{'run':<30} {'wall s':>8} {'CPU s':>8} {'cores':>6}")
+    print(f"{'run':<30} {'wall s':>8} {'CPU s':>8} {'cores':>6} {'peak RSS MB':>12}")
     for label, r in (("alone", alone), ("with one competing process", beside)):
-        print(f"{label:<30} {r['wall_s']:>8.1f} {r['cpu_s']:>8.1f} {r['cores_used']:>6.2f}")
+        print(f"{label:<30} {r['wall_s']:>8.1f} {r['cpu_s']:>8.1f} {r['cores_used']:>6.2f} {r['peak_rss_mb']:>12}")
     print(f"slowdown {slowdown:.2f}x; CPU share lost {100 * share_lost:.0f} %, which alone would explain "
           f"{proportional:.2f}x; slowdown / proportional = {slowdown / proportional:.2f}")
     args.out.mkdir(parents=True, exist_ok=True)
