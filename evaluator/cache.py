@@ -147,15 +147,19 @@ def accuracy_key(*, resolved: Any, loaded: Any, plan: Any, backend: Mapping[str,
         return None
     dc = loaded.data_config
     labels = np.ascontiguousarray(plan.labels.numpy().astype("<i8"))
-    return _digest({
-        **_base_material("split-accuracy"),
-        "model": {"id": resolved.repo_id, "commit_sha": resolved.commit_sha, "source": resolved.source,
-                  "files_sha256": loaded.files_sha256, "config": loaded.config},
-        "data_config": dc.as_dict() if dc is not None else None,
-        "data": {"id": plan.dataset_id, "split": plan.split, "content_sha256": content, "n": len(plan.data),
-                 "labels_sha256": hashlib.sha256(labels.tobytes()).hexdigest(), "labels_match": plan.labels_match},
-        "backend": dict(backend),
-    })
+    try:
+        return _digest({
+            **_base_material("split-accuracy"),
+            "model": {"id": resolved.repo_id, "commit_sha": resolved.commit_sha, "source": resolved.source,
+                      "files_sha256": loaded.files_sha256, "config": loaded.config},
+            "data_config": dc.as_dict() if dc is not None else None,
+            "data": {"id": plan.dataset_id, "split": plan.split, "content_sha256": content, "n": len(plan.data),
+                     "labels_sha256": hashlib.sha256(labels.tobytes()).hexdigest(),
+                     "labels_match": plan.labels_match},
+            "backend": dict(backend),
+        })
+    except (TypeError, ValueError):  # a config that is not plain data (NaN, …): computed, not cached
+        return None
 
 
 def _cached_accuracy(doc: dict[str, Any] | None, n: int, labels_match: bool) -> tuple[bool, float | None]:
