@@ -12,9 +12,10 @@ from typing import Literal
 __all__ = ["CLAIMS", "COMPARISONS", "FAMILIES", "Family", "OBJECTIVES", "ObjectiveInfo", "SELECTIONS",
            "objective_info"]
 
-Family = Literal["faithfulness", "complexity", "continuity", "randomisation"]
-#: Metric families in display order (docs/protocol.md#metrics).
-FAMILIES: tuple[Family, ...] = ("faithfulness", "complexity", "continuity", "randomisation")
+Family = Literal["faithfulness", "complexity", "continuity", "randomisation", "localisation"]
+#: Metric families in display order (docs/protocol.md#metrics). ``localisation`` needs a dataset with ground-truth
+#: masks (docs/protocol.md#localisation).
+FAMILIES: tuple[Family, ...] = ("faithfulness", "complexity", "continuity", "randomisation", "localisation")
 
 
 @dataclass(frozen=True)

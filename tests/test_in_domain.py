@@ -27,11 +27,11 @@ TRAINED = PatchDeletionConfig(grid=4, value=0.0, p=0.5)
 
 
 @pytest.mark.parametrize(("metric", "params", "trained", "hw", "expected"), [
-    ("single_deletion", {"grid": 4, "value": 0.0}, TRAINED, (28, 28), True),
-    ("single_deletion", {"grid": 4, "value": 0}, TRAINED, None, True),  # an integer value is the same number
-    ("single_deletion", {"grid": 3, "value": 0.0}, TRAINED, (28, 28), False),  # another grid
-    ("single_deletion", {"grid": 4, "value": 0.5}, TRAINED, (28, 28), False),  # another deletion value
-    ("single_deletion", {"grid": 4, "value": 0.0}, None, (28, 28), False),  # trained without patch deletion
+    ("single_deletion", {"grid": 4, "baseline": 0.0}, TRAINED, (28, 28), True),
+    ("single_deletion", {"grid": 4, "baseline": 0}, TRAINED, None, True),  # an integer value is the same number
+    ("single_deletion", {"grid": 3, "baseline": 0.0}, TRAINED, (28, 28), False),  # another grid
+    ("single_deletion", {"grid": 4, "baseline": 0.5}, TRAINED, (28, 28), False),  # another deletion value
+    ("single_deletion", {"grid": 4, "baseline": 0.0}, None, (28, 28), False),  # trained without patch deletion
     ("region_perturbation_aopc", {"patch_size": 7, "n_regions": 15, "baseline": 0.0}, TRAINED, (28, 28), True),
     ("region_perturbation_aopc", {"patch_size": 14, "n_regions": 15, "baseline": 0.0}, TRAINED, (56, 56), True),
     ("region_perturbation_aopc", {"patch_size": 7, "n_regions": 16, "baseline": 0.0}, TRAINED, (28, 28), False),

@@ -42,13 +42,23 @@ def context(model: nn.Module, x: Tensor, target: Tensor, attributions: Tensor, *
     return MetricContext(model=model, x=x, target=target, attributions=attributions, **kw)
 
 
+def box_masks(x: Tensor) -> Tensor:
+    """(N, H, W) ground-truth masks for the localisation metrics: a box that moves with the sample's index."""
+    n, _, h, w = x.shape
+    mask = torch.zeros(n, h, w, dtype=torch.bool)
+    for i in range(n):
+        r, c = i % (h // 2), (2 * i) % (w // 2)
+        mask[i, r : r + h // 2, c : c + w // 2] = True
+    return mask
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Registry
 # --------------------------------------------------------------------------------------------------------------
 
 
 def test_every_metric_declares_family_direction_version_cost() -> None:
-    assert len(METRICS.names()) == 14
+    assert len(METRICS.names()) == 19
     for name, spec in METRICS.items():
         assert spec.name == name and spec.description
         assert spec.family in FAMILIES
@@ -58,6 +68,7 @@ def test_every_metric_declares_family_direction_version_cost() -> None:
         assert isinstance(forwards, int) and forwards >= 0
         assert isinstance(explanations, int) and explanations >= 0
         assert metric_defaults(name) == spec.defaults and metric_defaults(name) is not spec.defaults
+        assert spec.needs_mask == (spec.family == "localisation")  # ground truth is what localisation needs
 
 
 def test_costs_follow_the_protocol() -> None:
@@ -66,12 +77,16 @@ def test_costs_follow_the_protocol() -> None:
     assert metric_cost("insertion_auc", steps=8) == (9, 0)
     assert metric_cost("infidelity") == (17, 0)
     assert metric_cost("region_perturbation_aopc") == (17, 0)
+    assert metric_cost("single_deletion") == (17, 0)  # g² deletions and the clean forward, as the others count
+    assert metric_cost("single_deletion", grid=3) == (10, 0)
     assert metric_cost("sparseness") == (0, 0)
     assert metric_cost("max_sensitivity") == (0, 16)
     assert metric_cost("avg_sensitivity") == (0, 0)
     assert METRICS.get("avg_sensitivity").shares_draws_with == "max_sensitivity"
     assert metric_cost("local_lipschitz_estimate") == (0, 16)
     assert metric_cost("continuity") == (0, 8)
+    for name in ("pointing_game", "relevance_mass_accuracy", "relevance_rank_accuracy", "localisation_auc"):
+        assert metric_cost(name) == (0, 0)
 
 
 def test_unknown_metric_and_parameter() -> None:
@@ -353,6 +368,7 @@ def scores_in_batches(name: str, splits: list[int], batch_size: int) -> Tensor:
             sample_ids=ids[sl],
             seed=SEED,
             batch_size=batch_size,
+            mask=box_masks(x)[sl],
         )
         out.append(compute(name, ctx, **SMALL.get(name, {})))
     return torch.cat(out)
@@ -384,12 +400,13 @@ def test_metrics_never_mutate_their_inputs() -> None:
     target = torch.tensor([0, 1, 2])
     explain, explain_with = smoothgrad_fns(model)
     attributions = explain(x, target, torch.arange(3))
-    x_before, a_before, t_before = x.clone(), attributions.clone(), target.clone()
-    ctx = context(model, x, target, attributions, explain=explain, explain_with=explain_with)
+    mask = box_masks(x)
+    x_before, a_before, t_before, mask_before = x.clone(), attributions.clone(), target.clone(), mask.clone()
+    ctx = context(model, x, target, attributions, explain=explain, explain_with=explain_with, mask=mask)
     for name in METRICS.names():
         compute(name, ctx, **SMALL.get(name, {}))
     assert torch.equal(ctx.x, x_before) and torch.equal(ctx.attributions, a_before)
-    assert torch.equal(ctx.target, t_before)
+    assert torch.equal(ctx.target, t_before) and torch.equal(ctx.mask, mask_before)
     assert all(torch.equal(v, params[k]) for k, v in model.state_dict().items())
 
 
@@ -414,6 +431,7 @@ def test_scores_on_cuda_match_cpu() -> None:
             explain_with=explain_with,
             sample_ids=ids,
             seed=SEED,
+            mask=box_masks(x).to(device),
         )
         return {name: compute(name, ctx, **SMALL.get(name, {})) for name in METRICS.names()}
 

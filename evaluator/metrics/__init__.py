@@ -5,7 +5,8 @@ The package is laid out so that a new metric is one function in one file:
 - :mod:`.base`: :class:`MetricContext`, :class:`MetricSpec`, the :data:`METRICS` registry and its decorator
   :func:`register_metric`, :func:`compute`, and the two loops every perturbation metric uses
   (:func:`forward_perturbed`, :func:`explain_perturbed`);
-- one module per family: :mod:`.faithfulness`, :mod:`.complexity`, :mod:`.continuity`, :mod:`.randomisation`;
+- one module per family: :mod:`.faithfulness`, :mod:`.complexity`, :mod:`.continuity`, :mod:`.randomisation`,
+  :mod:`.localisation` (ground-truth masks, ``ctx.mask``);
 - :mod:`.correlation`: Pearson, Spearman and SSIM per row;
 - per-sample seeding lives in :mod:`sclzoo.evaluator.seeding`, shared with the attribution methods.
 
@@ -20,7 +21,7 @@ from sclzoo.vocab import FAMILIES
 
 # isort: off
 # Registration order is the order of `sclzoo ls metrics` and of result files: families as in sclzoo.vocab.
-from . import faithfulness, complexity, continuity, randomisation  # noqa: F401
+from . import faithfulness, complexity, continuity, randomisation, localisation  # noqa: F401
 # isort: on
 from .base import (
     METRICS,

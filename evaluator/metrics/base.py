@@ -44,6 +44,7 @@ __all__ = [
     "metric_cost",
     "metric_defaults",
     "needs",
+    "needs_mask",
     "normalise_by_max",
     "pixel_map",
     "positive_float",
@@ -89,6 +90,8 @@ class MetricContext:
             for the same cores.
         progress: Called by the shared loops after each group with the (model forwards, explanations) just
             done, for progress bars; ``None`` = not reported.
+        mask: (N, H, W) bool ground truth of where each sample's class evidence is (a dataset's ``box`` or
+            ``ink`` mask), for the localisation metrics; ``None`` when the dataset has none.
     """
 
     model: nn.Module
@@ -104,6 +107,7 @@ class MetricContext:
     forward: Callable[[Tensor], Tensor] | None = None
     forward_threads: int | None = None
     progress: Callable[[int, int], None] | None = None
+    mask: Tensor | None = None
 
     def logits(self, x: Tensor) -> Tensor:
         """Logits of a batch through the forward-only path (``forward`` when set, else ``model``)."""
@@ -132,6 +136,7 @@ class MetricSpec:
         description: One line for ``sclzoo ls metrics``.
         shares_draws_with: Another metric whose draws and explanations this one reuses from the context cache
             (its cost is then 0 extra when both are computed on one context).
+        needs_mask: The metric reads the ground-truth mask ``ctx.mask`` (so it runs only on datasets with masks).
     """
 
     name: str
@@ -144,6 +149,7 @@ class MetricSpec:
     fn: MetricFn
     description: str
     shares_draws_with: str | None = None
+    needs_mask: bool = False
 
 
 METRICS: Registry[MetricSpec] = Registry("metric", "sclzoo ls metrics")
@@ -164,6 +170,7 @@ def register_metric(
     cost_explain: CostFn = _no_cost,
     version: int = 1,
     shares_draws_with: str | None = None,
+    needs_mask: bool = False,
 ) -> Callable[[MetricFn], MetricFn]:
     """Registers the decorated function as metric ``name`` (see the module docstring)."""
 
@@ -181,6 +188,7 @@ def register_metric(
                 fn=fn,
                 description=description,
                 shares_draws_with=shares_draws_with,
+                needs_mask=needs_mask,
             ),
         )
         return fn
@@ -225,6 +233,11 @@ def _check_context(ctx: MetricContext) -> None:
         raise ConfigError(f"ctx.sample_ids must have shape ({n},), got {tuple(ctx.sample_ids.shape)}.")
     if isinstance(ctx.batch_size, bool) or not isinstance(ctx.batch_size, int) or ctx.batch_size < 1:
         raise ConfigError(f"ctx.batch_size must be a positive int, got {ctx.batch_size!r}.")
+    if ctx.mask is not None and (tuple(ctx.mask.shape) != (n, *x.shape[2:]) or ctx.mask.dtype != torch.bool):
+        raise ConfigError(
+            f"ctx.mask must be a bool tensor of shape {(n, *x.shape[2:])} (N, H, W), got {ctx.mask.dtype} "
+            f"{tuple(ctx.mask.shape)}."
+        )
 
 
 def compute(name: str, ctx: MetricContext, **params: Any) -> Tensor:
@@ -284,6 +297,16 @@ def needs(ctx: MetricContext, attr: str, metric: str) -> Any:
             f"build the MetricContext with {attr}=... (the attribution method with its parameters bound)."
         )
     return fn
+
+
+def needs_mask(ctx: MetricContext, metric: str) -> Tensor:
+    """``ctx.mask`` (N, H, W) bool, or a ConfigError saying where masks come from."""
+    if ctx.mask is None:
+        raise ConfigError(
+            f"metric {metric!r} compares maps with ground-truth masks but ctx.mask is None; evaluate on a dataset "
+            "with masks (--dataset mnist5k-clutter, --mask box or ink) or build the MetricContext with mask=..."
+        )
+    return ctx.mask
 
 
 def sample_groups(n: int, per_sample: int, batch_size: int) -> Iterator[slice]:

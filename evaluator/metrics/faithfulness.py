@@ -1,15 +1,21 @@
 """Faithfulness: does removing what the map calls relevant change the model's output accordingly?
 
-All four metrics run on :func:`~sclzoo.evaluator.metrics.base.forward_perturbed` (docs/protocol.md#faithfulness).
+Every metric here runs on :func:`~sclzoo.evaluator.metrics.base.forward_perturbed`
+(docs/protocol.md#faithfulness).
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from sclzoo.errors import ConfigError
 from sclzoo.evaluator.seeding import per_sample_draws
+from sclzoo.zoo.augment import grid_cells
 
 from .base import (
     MetricContext,
@@ -21,10 +27,10 @@ from .base import (
     register_metric,
     repeat_rows,
 )
-from .correlation import pearson
+from .correlation import pearson, spearman
 
 __all__ = ["deletion_auc", "faithfulness_correlation", "flip_curve", "infidelity", "insertion_auc",
-           "pixel_ranks", "region_perturbation_aopc"]
+           "pixel_ranks", "region_perturbation_aopc", "single_deletion"]
 
 
 @register_metric(
@@ -279,3 +285,61 @@ def region_perturbation_aopc(
         return (curve[:, :1] - curve).mean(dim=1)  # column 0 is x itself
 
     return forward_perturbed(ctx, r + 1, perturb, aopc, "logit")
+
+
+def _deletion_grid(params: Mapping[str, Any]) -> int:
+    """The validated ``grid`` g of single_deletion (an int >= 2: one cell has no ranking)."""
+    g = positive_int("single_deletion", "grid", params["grid"])
+    if g < 2:
+        raise ConfigError(f"single_deletion: grid must be at least 2 (a g x g grid of cells to rank), got {g}.")
+    return g
+
+
+@register_metric(
+    "single_deletion",
+    family="faithfulness",
+    higher_is_better=True,
+    defaults={"grid": 4, "baseline": 0.0},
+    cost_forward=lambda p: _deletion_grid(p) ** 2 + 1,
+    description="Spearman over g×g grid cells j of f_y(x) − f_y(x with cell j set to b) and Σ_j m (Hesse 2024).",
+)
+def single_deletion(ctx: MetricContext, grid: int, baseline: float) -> Tensor:
+    """Spearman(drop, A) over the g² cells of a g x g grid, drop_j = f_y(x) − f_y(x_{cell j←b}), A_j = Σ_{cell j} m.
+
+    The grid is the patch-deletion augmentation's (:func:`sclzoo.zoo.augment.grid_cells`: cells of
+    ⌈H/g⌉ x ⌈W/g⌉ pixels, the last row/column smaller), so a model trained with patch deletion of the same grid
+    and value has seen these inputs (in domain, docs/protocol.md#single-deletion). Ranks of ties are averaged.
+
+    Args:
+        ctx: Batch context.
+        grid: g, cells per side.
+        baseline: Deletion value b (pixel units).
+
+    Returns:
+        (N,) float64 in [−1, 1]; NaN where the drops or the cell sums are all equal (e.g. a zero map).
+
+    Raises:
+        ConfigError: g < 2, a baseline that is not a finite number, or a grid that leaves empty cells.
+    """
+    name = "single_deletion"
+    g = _deletion_grid({"grid": grid})
+    if isinstance(baseline, bool) or not isinstance(baseline, (int, float)) or not math.isfinite(baseline):
+        raise ConfigError(f"{name}: baseline must be a finite number (pixel units, 0 = black), got {baseline!r}.")
+    n, _, h, w = ctx.x.shape
+    cells = grid_cells(h, w, g).to(ctx.x.device).reshape(-1)  # (D,) cell of each pixel
+    g2 = g * g
+    m = pixel_map(ctx.attributions).reshape(n, -1).double()
+    cell_sums = torch.zeros(n, g2, dtype=torch.float64, device=m.device).scatter_add_(1, cells.expand(n, -1), m)
+    in_cell = (cells[None, :] == torch.arange(g2, device=cells.device)[:, None]).view(g2, 1, h, w)
+    clean = clean_target_logit(ctx)
+
+    def perturb(grp: slice) -> tuple[Tensor, None]:
+        size = grp.stop - grp.start
+        xs = repeat_rows(ctx.x[grp], g2)  # sample-major: sample i's cells are rows i·g² … i·g² + g² − 1
+        deleted = in_cell.repeat(size, 1, 1, 1)
+        return torch.where(deleted, torch.full_like(xs, baseline), xs), None
+
+    def drop(grp: slice, out: Tensor, _: None) -> Tensor:
+        return clean[grp, None] - out
+
+    return spearman(forward_perturbed(ctx, g2, perturb, drop, "logit"), cell_sums)
