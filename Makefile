@@ -11,7 +11,10 @@ PYTEST  := $(BIN)/python -m pytest
 DEMO    ?= build/demo
 N       ?= 64
 DEMO_ZOO := resnet8_cifar.ce_mnist5k resnet8_cifar.supcon_mnist5k resnet8_cifar.simclr_mnist5k resnet8_cifar.triplet_mnist5k
-ZOO     := $(DEMO_ZOO)
+# The same four recipes with patch deletion: in domain for single_deletion (docs/training.md#patch-deletion).
+INDOMAIN_ZOO := resnet8_cifar.ce_mnist5k_indomain resnet8_cifar.supcon_mnist5k_indomain \
+                resnet8_cifar.simclr_mnist5k_indomain resnet8_cifar.triplet_mnist5k_indomain
+ZOO     := $(DEMO_ZOO) $(INDOMAIN_ZOO)
 DEMO_METHODS ?= saliency,integrated_gradients,gradcam
 DEMO_METRICS ?= faithfulness_correlation,deletion_auc,insertion_auc,sparseness,complexity,effective_complexity,max_sensitivity,avg_sensitivity
 

@@ -112,6 +112,12 @@ def _recipe_rows(training: dict[str, Any]) -> list[tuple[str, str]]:
         ("data", f"{training['dataset']['n_train']} train / {training['dataset']['n_val']} val / "
                  f"{training['dataset']['n_test']} test, split sha256 {training['dataset']['split_sha256'][:12]}…"),
     ]
+    if training.get("patch_deletion"):  # docs/training.md#patch-deletion
+        d, g = training["patch_deletion"], training["patch_deletion"]["grid"]
+        stages = " (pre-training and probe)" if training.get("projector") else ""
+        rows.insert(4, ("patch deletion", f"every training view{stages}: with p {d['p']}, k ~ U{{1..{g * g - 1}}} "
+                                          f"cells of a {g} x {g} grid set to {d['value']} (in domain for "
+                                          f"single_deletion with grid {g}, value {d['value']})"))
     if training.get("projector"):
         p = training["projector"]
         rows.insert(1, ("projector", f"Linear({p['in_dim']}, {p['hidden_dim']}) → ReLU → Linear(→{p['out_dim']})"

@@ -289,7 +289,7 @@ def test_registry_lists_the_bundled_models() -> None:
 @pytest.mark.parametrize("objective", ["ce", "supcon", "simclr"])
 def test_bundled_alias_resolves_to_the_bundled_folder(objective: str, bundled: dict[str, Path]) -> None:
     folder = bundled[objective].resolve()
-    (e,) = [e for e in registry_entries() if e["objective"] == objective]
+    (e,) = [e for e in registry_entries() if e["name"] == folder.name]
     assert folder == (ZOO_DIR / "models" / e["name"]).resolve()
     for ref in (e["alias"], e["name"], e["id"]):
         r = resolve_model(ref)
