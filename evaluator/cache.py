@@ -29,6 +29,7 @@ import json
 import math
 import os
 import re
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import fields
 from functools import lru_cache
@@ -107,12 +108,19 @@ def _file(out: str | Path, kind: str, key: str) -> Path:
 
 
 def _read(path: Path) -> dict[str, Any] | None:
-    """A cache file's JSON object, or None for a missing, oversized, unreadable or non-object file."""
+    """A cache file's JSON object, or None for anything else: missing, a link, not a regular file (a FIFO is
+    never waited on), larger than :data:`MAX_CACHE_BYTES`, unreadable, not JSON, not an object of this format."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
-        st = path.lstat()
-        if not path.is_file() or path.is_symlink() or st.st_size > MAX_CACHE_BYTES:
-            return None
-        doc = json.loads(path.read_bytes())
+        fd = os.open(path, flags)
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return None
+            data = f.read(MAX_CACHE_BYTES + 1)
+        doc = json.loads(data) if len(data) <= MAX_CACHE_BYTES else None
     except (OSError, ValueError, RecursionError):
         return None
     return doc if isinstance(doc, dict) and doc.get("format") == FORMAT else None
