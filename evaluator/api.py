@@ -195,7 +195,7 @@ def evaluate(
                 "metrics": list(metrics)}
         done, on_batch = _checkpointing(path, meta, ids.numpy(), resume=resume, force=force, info=info)
         job = _Job(cfg, loaded, resolved, dplan, images, labels, ids, ep.methods, canonical, config_hash,
-                   indices_sha, path, Path(out) if out is not None else None)
+                   indices_sha, path, Path(out) if out is not None else None, ep.masks)
         res = _run(job, dev, info, done, on_batch, progress=progress, command=command,
                    provenance_source=provenance_source)
         if res.path is not None and out is not None:  # rank 0 wrote the result
@@ -437,6 +437,42 @@ class EvalPlan:
     indices_sha: str
     canonical: dict[str, Any]
     config_hash: str
+    masks: torch.Tensor | None = None  # (N, H, W) bool ground truth of the evaluated images, when a metric uses it
+
+
+def _mask_kind(cfg: EvalConfig, metrics: Sequence[str], dplan: DataPlan) -> str | None:
+    """The ground-truth kind the run uses: ``cfg.mask`` or the dataset's default when a selected metric needs a
+    mask (the localisation family), else None.
+
+    Raises:
+        ConfigError: a mask is asked for but no selected metric uses one; such a metric is selected but the
+            dataset has no masks, or none of the asked kind.
+    """
+    needing = [m for m in metrics if METRICS.get(m).needs_mask]
+    if not needing:
+        if cfg.mask is not None:
+            users = ", ".join(n for n, s in METRICS.items() if s.needs_mask)
+            raise ConfigError(f"--mask {cfg.mask} is given but no selected metric uses a ground-truth mask; drop "
+                              f"--mask, or add one of {users} to --metrics")
+        return None
+    data, shown = dplan.data, dplan.dataset_ref or dplan.dataset_id
+    if not data.ground_truth:
+        from sclzoo.zoo.data import MASKED_DATASETS
+
+        raise ConfigError(f"metric(s) {', '.join(needing)} compare maps with ground-truth masks, but dataset "
+                          f"{shown!r} has none; evaluate them on a dataset with masks (--dataset "
+                          f"{' or '.join(MASKED_DATASETS)}) or drop them from --metrics")
+    kind = cfg.mask or data.mask_kind
+    if kind not in data.ground_truth:
+        raise ConfigError(f"dataset {shown!r} has no mask {kind!r}; pass --mask {' or '.join(data.ground_truth)}")
+    return str(kind)
+
+
+def _masks_sha256(masks: torch.Tensor) -> str:
+    """sha256 of (N, H, W) bool masks: shape, then the bits row-major."""
+    h = hashlib.sha256(np.asarray(list(masks.shape), dtype="<i8").tobytes())
+    h.update(np.packbits(masks.numpy().astype(bool)).tobytes())
+    return h.hexdigest()
 
 
 def plan(model: Any, cfg: EvalConfig, *, device: torch.device | None = None, revision: str | None = None,
@@ -447,7 +483,8 @@ def plan(model: Any, cfg: EvalConfig, *, device: torch.device | None = None, rev
     model and its data, picks the images, and builds the canonical config and its hash (computes nothing).
 
     Raises:
-        ConfigError: the dataset is given twice, or ``n_samples`` exceeds the split; see :func:`_model_and_data`.
+        ConfigError: the dataset is given twice, ``n_samples`` exceeds the split, or a localisation metric has no
+            mask (:func:`_mask_kind`); see :func:`_model_and_data`.
     """
     methods, metrics = resolve_specs(cfg)
     if data is not None and cfg.dataset is not None:
@@ -456,6 +493,11 @@ def plan(model: Any, cfg: EvalConfig, *, device: torch.device | None = None, rev
         model, revision, data if data is not None else cfg.dataset, cfg.split, target=cfg.target,
         model_id=model_id, preprocess=preprocess, weights=weights, num_classes=num_classes, in_chans=in_chans,
         class_map=class_map)
+    kind = _mask_kind(cfg, list(metrics), dplan)
+    if kind is not None:  # the chosen ground truth goes into the data, the dataset record and the config
+        chosen = dplan.data.with_mask(kind)
+        dplan = replace(dplan, data=chosen, record={**dplan.record, "mask": kind,
+                                                    "masks_sha256": _masks_sha256(chosen.masks)})
     ds, dataset_id = dplan.data, dplan.dataset_id
     if cfg.n_samples > len(ds):
         raise ConfigError(f"--n-samples {cfg.n_samples} is larger than the {dplan.split} split of "
@@ -465,13 +507,14 @@ def plan(model: Any, cfg: EvalConfig, *, device: torch.device | None = None, rev
     indices_sha = hashlib.sha256(np.asarray(ids.numpy(), dtype="<i8").tobytes()).hexdigest()
     resolved_cfg: dict[str, Any] = {"dataset": dataset_id, "methods": methods, "metrics": metrics,
                                     "split": dplan.split, "indices_sha256": indices_sha,
-                                    "preprocess": dplan.preprocess, "class_map": dplan.class_map}
+                                    "preprocess": dplan.preprocess, "class_map": dplan.class_map, "mask": kind}
     if device is not None:
         resolved_cfg["device"] = device.type
     canonical = cfg.canonical(resolved_cfg)
     canonical["batch_size_auto"] = cfg.batch_size == "auto"
+    masks = ds.masks[positions] if kind is not None else None
     return EvalPlan(resolved, loaded, dplan, methods, metrics, images, labels, ids, indices_sha, canonical,
-                    EvalConfig.hash_of(canonical))
+                    EvalConfig.hash_of(canonical), masks)
 
 
 def dry_run(model: Any, cfg: EvalConfig, *, out: str | Path | None = "results", **plan_kwargs: Any
@@ -613,6 +656,7 @@ class _Job:
     indices_sha: str
     path: Path | None
     out: Path | None = None  # the results root (its .sclzoo-cache/ holds the split accuracy)
+    masks: torch.Tensor | None = None  # (N, H, W) ground truth of the evaluated images, for localisation metrics
 
 
 def _run(job: _Job, dev: torch.device, info: DistInfo, done: dict[int, BatchResult],
@@ -667,7 +711,7 @@ def _run(job: _Job, dev: torch.device, info: DistInfo, done: dict[int, BatchResu
                                 forward_logits=runtime.forward if runtime else None,
                                 forward_threads=runtime.forward_threads if runtime else None,
                                 progress=progress and info.is_main, done_batches=done, on_batch=on_batch,
-                                shard=(info.rank, info.world_size))
+                                shard=(info.rank, info.world_size), masks=job.masks)
     if info.enabled:
         output = _gather(output, cfg.batch_size, info)
     if output.accuracy["value"] is None:  # the runner's "not applicable" record, for the whole split

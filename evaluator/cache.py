@@ -292,6 +292,8 @@ def _matches_request(doc: dict[str, Any], cfg: EvalConfig, repo_id: str, commit:
             return False
         if cfg.dataset is not None and config["dataset"] != cfg.dataset:
             return False
+        if cfg.mask is not None and config.get("mask") != cfg.mask:
+            return False
         for kind, overrides in (("methods", cfg.method_params), ("metrics", cfg.metric_params)):
             for name, params in overrides.items():
                 if any(config[kind][name].get(k) != v for k, v in params.items()):

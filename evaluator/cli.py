@@ -200,6 +200,7 @@ Examples:
   sclzoo evaluate --model simclr-resnet8-mnist --dry-run        # print config and cost, run nothing
   sclzoo evaluate --model supcon-resnet8-mnist --resume         # continue an interrupted run
   sclzoo evaluate --model ce-resnet8-mnist --selection stratified --n-samples 100
+  sclzoo evaluate --model MODEL --dataset mnist5k-clutter --mask ink --metrics pointing_game,localisation_auc
   sclzoo evaluate --model user/supcon-resnet18 --dataset imagefolder:my_images/     # a timm repo, your images
   sclzoo evaluate --model timm:resnet18 --weights w.safetensors --num-classes 10 --dataset imagefolder:imgs/
   sclzoo evaluate --model my_repo/ --dataset imagefolder:imagenet_subset/ --class-map subset.json --target label
@@ -244,6 +245,8 @@ Examples:
                    "the default for a folder without train/val/test).")
 @click.option("--target", type=click.Choice(["predicted", "label"]), default=None,
               help="Explain the predicted class (default) or the true label.")
+@click.option("--mask", default=None, metavar="KIND",
+              help="Ground-truth mask the localisation metrics use: box (default) or ink for mnist5k-clutter.")
 @click.option("--seed", type=int, default=None, help="Seed of all random draws (default 0).")
 @click.option("--batch-size", default=None, metavar="N|auto",
               help="Images per batch (default 64); auto: 64 on CPU, sized from free GPU memory on CUDA.")
@@ -268,7 +271,7 @@ def evaluate_cmd(model_ref: str, revision: str | None, weights: str | None, num_
                  interpolation: str | None, crop_pct: float | None, crop_mode: str | None, norm_mean: str | None,
                  norm_std: str | None, preset: str | None, config_file: str | None,
                  n_samples: int | None, selection: str | None, methods: str | None, metrics: str | None,
-                 dataset: str | None, split: str | None, target: str | None, seed: int | None,
+                 dataset: str | None, split: str | None, target: str | None, mask: str | None, seed: int | None,
                  batch_size: str | None, device: str | None, runtime: str | None, out_dir: str, force: bool,
                  resume: bool, dry_run: bool, quiet: bool, threads: int | None) -> None:
     """Explain a model's predictions and score the explanations; write a result JSON.
@@ -287,8 +290,8 @@ def evaluate_cmd(model_ref: str, revision: str | None, weights: str | None, num_
     check_resume_force(resume, force)
     cfg = build_config(None, preset if preset or config_file else "standard", config_file, n_samples=n_samples,
                        selection=selection, methods=_split(methods), metrics=_split(metrics), dataset=dataset,
-                       split=split, target=target, seed=seed, batch_size=_batch_size(batch_size), device=device,
-                       runtime=runtime)
+                       split=split, target=target, mask=mask, seed=seed, batch_size=_batch_size(batch_size),
+                       device=device, runtime=runtime)
     preprocess: dict[str, Any] = {}
     if input_size is not None:
         preprocess["input_size"] = _numbers(input_size, "--input-size", int, 3)
@@ -393,6 +396,39 @@ def explain_cmd(model_ref: str, images: str, methods: str, out_file: str, revisi
     path = explain(model_ref, positions, methods=_split(methods) or [], out=out_file, revision=revision,
                    dataset=dataset, split=split, target=target, seed=seed, device=device)
     click.echo(f"attribution maps of {len(positions)} image(s) → {path}")
+
+
+# ---------------------------------------------------------------------------------------------------- show-data
+@cli.command("show-data", epilog="""\b
+Examples:
+  sclzoo show-data mnist5k-clutter --n 16 --out docs/img/mnist5k-clutter.png
+  sclzoo show-data mnist5k --split train --n 8 --out digits.png
+""")
+@click.argument("dataset")
+@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False), help="PNG file to write.")
+@click.option("--split", default=None, help="test (default), train; image folders: val or all.")
+@click.option("--n", "n_images", type=click.IntRange(min=1, max=256), default=16, show_default=True,
+              help="How many images: the first N of the split.")
+@click.option("--data-dir", default=None, help="Where torchvision datasets live.")
+def show_data_cmd(dataset: str, out_file: str, split: str | None, n_images: int, data_dir: str | None) -> None:
+    """Draw the first images of a dataset with their labels and ground-truth masks (when it has masks)."""
+    from sclzoo.evaluator.plots import ground_truth_grid
+    from sclzoo.evaluator.results import write_file
+    from sclzoo.zoo.data import default_split, load_dataset
+
+    if not out_file.lower().endswith(".png"):
+        raise ConfigError(f"--out {out_file!r} is not a .png file name; end it with .png")
+    split = split or default_split(dataset)
+    data = load_dataset(dataset, split, data_dir)
+    k = min(n_images, len(data))
+    captions = [f"#{int(i)}: {data.label_names[int(y)]}" for i, y in zip(data.indices[:k], data.labels[:k],
+                                                                        strict=True)]
+    masks = {kind: m[:k].numpy() for kind, m in data.ground_truth.items()}
+    kinds = f"; masks {', '.join(masks)}" if masks else ""
+    png = ground_truth_grid(data.images[:k].numpy(), masks, captions,
+                            title=f"{data.id} {split}: the first {k} images (sample id: label){kinds}")
+    path = write_file(Path(out_file), png)
+    click.echo(f"{k} image(s) of {data.id} {split} → {path}")
 
 
 # -------------------------------------------------------------------------------------------------- leaderboard

@@ -102,6 +102,9 @@ class EvalConfig:
         device: ``auto``, ``cpu`` or ``cuda`` (execution only).
         runtime: ``torch``, or ``onnx``: forward-only work in onnxruntime and, on a CPU, explanations in the
             channels_last layout (execution only; scores equal ``torch``'s to 1e-5).
+        mask: The ground-truth mask kind the localisation metrics compare maps with (``box`` or ``ink`` for
+            ``mnist5k-clutter``); None = the dataset's default. Only for a run that selects such a metric, and
+            only then recorded in the canonical config (so configs without one keep their hash).
     """
 
     dataset: str | None = None
@@ -117,6 +120,7 @@ class EvalConfig:
     batch_size: int | str = 64
     device: str = "auto"
     runtime: str = "torch"
+    mask: str | None = None
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -130,6 +134,8 @@ class EvalConfig:
         if self.batch_size != "auto" and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
                                           or self.batch_size < 1):
             raise ConfigError(f"batch_size must be a positive integer or 'auto', got {self.batch_size!r}")
+        if self.mask is not None and (not isinstance(self.mask, str) or not self.mask):
+            raise ConfigError(f"mask must be the name of a ground-truth mask kind (box, ink), got {self.mask!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}")
         if not 0 <= self.seed <= MAX_SEED:  # numpy's and torch's generators take no negative seed
@@ -183,6 +189,7 @@ class EvalConfig:
             ("target", str),
             ("device", str),
             ("runtime", str),
+            ("mask", (str, type(None))),
         ):
             if k in base and not isinstance(base[k], typ):
                 raise ConfigError(f"{where}: {k} must be a string, got {base[k]!r}")
@@ -203,8 +210,8 @@ class EvalConfig:
             resolved: ``{"dataset": id, "methods": {name: params}, "metrics": {name: {"version": v, **params}}}``,
                 optionally ``"split"`` (the split evaluated), ``"indices_sha256"`` (hash of the evaluated sample ids,
                 so the config hash pins the images), ``"device"``, ``"preprocess"`` (how images were brought to
-                the model's input, when that is not the identity) and ``"class_map"`` (dataset class → model
-                logit).
+                the model's input, when that is not the identity), ``"class_map"`` (dataset class → model
+                logit) and ``"mask"`` (the ground-truth kind, when a selected metric uses one).
         """
         canonical = {
             "dataset": resolved["dataset"],
@@ -219,7 +226,7 @@ class EvalConfig:
             "device": resolved.get("device", self.device),
             "runtime": self.runtime,
         }
-        for key in ("indices_sha256", "preprocess", "class_map"):
+        for key in ("indices_sha256", "preprocess", "class_map", "mask"):
             if resolved.get(key) is not None:
                 canonical[key] = resolved[key]
         return canonical

@@ -54,7 +54,8 @@ class _DatasetRequired(TypedDict):
 
 
 class DatasetRecord(_DatasetRequired, total=False):
-    """Which images were explained (``id`` is what the config hash records)."""
+    """Which images were explained (``id`` is what the config hash records); ``mask`` (the ground-truth kind) and
+    ``masks_sha256`` (of the split's masks of that kind) only when a localisation metric used them."""
 
     split_sha256: str
     class_names: list[str]
@@ -62,6 +63,8 @@ class DatasetRecord(_DatasetRequired, total=False):
     preprocess: dict[str, Any] | None
     class_map: dict[str, Any]
     folder: str
+    mask: str
+    masks_sha256: str
 
 
 class Accuracy(TypedDict, total=False):

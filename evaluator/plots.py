@@ -16,7 +16,7 @@ import numpy as np
 from sclzoo.vocab import OBJECTIVES
 
 __all__ = ["png_bytes", "distributions_figure", "rank_heatmap", "maps_gallery", "OBJECTIVE_COLORS",
-           "explanation_grid", "explanation_grid_size"]
+           "explanation_grid", "explanation_grid_size", "ground_truth_grid"]
 
 OBJECTIVE_COLORS = {name: o.colour for name, o in OBJECTIVES.items()}
 _FALLBACK = ["#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd"]
@@ -270,4 +270,72 @@ def explanation_grid(images: np.ndarray, maps: dict[str, np.ndarray], row_labels
         fig.suptitle(title, fontsize=9, y=1 - 0.06 / fig.get_figheight(), va="top")
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - GRID_TOP_IN / fig.get_figheight(),
                         wspace=0.06, hspace=0.35)
+    return png_bytes(fig)
+
+# ---------------------------------------------------------------------------------------- sclzoo show-data
+def ground_truth_grid(images: np.ndarray, masks: dict[str, np.ndarray], captions: Sequence[str], title: str = "",
+                      per_row: int = 4) -> bytes:
+    """Images of a dataset beside their ground-truth masks, ``per_row`` samples a row.
+
+    Each sample gets two panels: the image, and the image again with the masks drawn over it, each kind in its
+    own colour (the first kind as an outline, the others filled translucently), named in a legend.
+
+    Args:
+        images: (K, C, H, W) in [0, 1].
+        masks: ``{kind: (K, H, W) bool}``, the dataset's default kind first; may be empty.
+        captions: (K,) title of each sample.
+        title: Figure title.
+        per_row: Samples per row.
+
+    Returns:
+        PNG bytes.
+    """
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    k = images.shape[0]
+    rows = max(1, math.ceil(k / per_row))
+    cell, top = 1.3, 0.55 if title else 0.3
+    fig = _figure(2 * per_row * cell, rows * cell + top)
+    axes = fig.subplots(rows, 2 * per_row, squeeze=False)
+    colours = ["#00e5ff", "#ff8c00", "#7cfc00", "#ff1493"]
+    kinds = list(masks)
+    for i in range(rows * per_row):
+        r, c = divmod(i, per_row)
+        ax_img, ax_mask = axes[r, 2 * c], axes[r, 2 * c + 1]
+        for ax in (ax_img, ax_mask):
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if i >= k:
+            ax_img.set_axis_off()
+            ax_mask.set_axis_off()
+            continue
+        img = np.clip(np.asarray(images[i], dtype=np.float32), 0, 1)
+        shown = img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0)
+        cmap = "gray" if img.shape[0] == 1 else None
+        ax_img.imshow(shown, cmap=cmap, vmin=0, vmax=1)
+        ax_img.set_title(captions[i], fontsize=7)
+        ax_mask.imshow(shown, cmap=cmap, vmin=0, vmax=1)
+        for j, kind in enumerate(kinds):
+            m = np.asarray(masks[kind][i], dtype=bool)
+            colour = colours[j % len(colours)]
+            if j == 0:  # padded, so a mask that touches the border is closed along it
+                h, w = m.shape
+                ax_mask.contour(np.arange(-1, w + 1), np.arange(-1, h + 1), np.pad(m, 1).astype(np.float32),
+                                levels=[0.5], colors=[colour], linewidths=1.0)
+                ax_mask.set_xlim(-0.5, w - 0.5)
+                ax_mask.set_ylim(h - 0.5, -0.5)
+            else:
+                ax_mask.imshow(np.ma.masked_where(~m, m.astype(np.float32)), cmap=ListedColormap([colour]),
+                               alpha=0.55, vmin=0, vmax=1)
+        if i == 0 and kinds:
+            ax_mask.set_title("masks", fontsize=7)
+    if kinds:
+        fig.legend(handles=[Patch(facecolor="none" if j == 0 else colours[j % len(colours)],
+                                  edgecolor=colours[j % len(colours)], label=kind) for j, kind in enumerate(kinds)],
+                   loc="upper right", fontsize=7, ncol=len(kinds), frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=9, x=0.01, ha="left", y=1 - 0.08 / fig.get_figheight(), va="top")
+    fig.subplots_adjust(left=0.005, right=0.995, bottom=0.005, top=1 - top / fig.get_figheight(),
+                        wspace=0.04, hspace=0.3)
     return png_bytes(fig)

@@ -345,6 +345,7 @@ def run_evaluation(
     done_batches: Mapping[int, BatchResult] | None = None,
     on_batch: Callable[[BatchResult], None] | None = None,
     shard: tuple[int, int] = (0, 1),
+    masks: Tensor | None = None,
 ) -> EvalOutput:
     """Explains and scores ``images`` with every selected method and metric.
 
@@ -371,6 +372,8 @@ def run_evaluation(
         on_batch: Called with each batch as soon as it is scored (the caller checkpoints it).
         shard: ``(rank, world_size)``: compute only this process's batches (:func:`shard_batches`); the output's
             ``missing`` lists the others.
+        masks: (N, H, W) bool ground truth of the images (for the localisation metrics, ``MetricContext.mask``);
+            None when the dataset has none.
 
     Raises:
         ModelLoadError: the model returns NaN/inf logits.
@@ -378,6 +381,8 @@ def run_evaluation(
     methods, metrics = resolve_specs(cfg)
     model = model.eval().to(device)
     n = images.shape[0]
+    if masks is not None and tuple(masks.shape) != (n, *images.shape[2:]):
+        raise ConfigError(f"masks must have shape {(n, *images.shape[2:])} (N, H, W), got {tuple(masks.shape)}")
     split_images = images if split_images is None else split_images
     split_labels = labels if split_labels is None else split_labels
     if forward_logits is not None:
@@ -428,6 +433,7 @@ def run_evaluation(
         sl = slice(start, min(n, start + cfg.batch_size))
         xb = images[sl].to(device)
         tb, ids = targets[sl].to(device), sample_ids[sl]
+        mb = masks[sl].to(device) if masks is not None else None
         batch_scores: dict[str, dict[str, np.ndarray]] = {}
         batch_maps: dict[str, np.ndarray] = {}
         for method, explain_with in explainers.items():
@@ -453,7 +459,8 @@ def run_evaluation(
 
             ctx = MetricContext(model=model, x=xb, target=tb, attributions=a, explain=explain, sample_ids=ids,
                                 seed=cfg.seed, batch_size=cfg.batch_size, explain_with=explain_with,
-                                forward=forward_logits, forward_threads=forward_threads, progress=report)
+                                forward=forward_logits, forward_threads=forward_threads, progress=report,
+                                mask=mb)
             batch_scores[method] = {}
             for name, p in metrics.items():
                 bar.set_postfix_str(f"{method} · {name}")
