@@ -108,3 +108,28 @@ def test_evaluate_with_a_mask_end_to_end(bundled: dict[str, Path], tmp_path: Pat
     board = json.loads((tmp_path / "lb" / "leaderboard.json").read_text())
     assert all(g["families"] == ["faithfulness", "localisation"] for g in board["groups"])
     assert len(board["groups"]) == 2
+
+
+def test_show_data_draws_images_and_masks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    first, second = tmp_path / "a.png", tmp_path / "b.png"
+    for out in (first, second):
+        code, stdout, err = run_main(["show-data", "mnist5k-clutter", "--n", "4", "--out", str(out)], capsys)
+        assert code == 0, err
+        assert "4 image(s) of mnist5k-clutter test" in stdout
+    assert first.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert first.read_bytes() == second.read_bytes()  # deterministic: a committed figure can be checked
+    code, _, err = run_main(["show-data", "digits", "--n", "3", "--out", str(tmp_path / "d.png")], capsys)
+    assert code == 0 and (tmp_path / "d.png").is_file()  # a dataset without masks: images only
+    code, _, err = run_main(["show-data", "digits", "--out", str(tmp_path / "d.jpg")], capsys)
+    assert code == 1 and "is not a .png file name" in err
+
+
+def test_committed_dataset_figure_is_current(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/img/mnist5k-clutter.png (README) is what `sclzoo show-data mnist5k-clutter --n 16` draws now."""
+    from helpers import REPO_ROOT
+
+    out = tmp_path / "fig.png"
+    code, _, err = run_main(["show-data", "mnist5k-clutter", "--n", "16", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert out.read_bytes() == (REPO_ROOT / "docs" / "img" / "mnist5k-clutter.png").read_bytes(), \
+        "refresh it: sclzoo show-data mnist5k-clutter --n 16 --out docs/img/mnist5k-clutter.png"
