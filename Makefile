@@ -33,7 +33,7 @@ help:
 	@echo "make cards     re-render the model cards (README.md) of the bundled zoo from their data"
 	@echo "make cards-check  fail with a diff when a bundled model card drifted from its data"
 	@echo "make listing   refresh the stored rows of sclzoo ls (evaluator/listing.json) after changing a registry"
-	@echo "make leaderboard  evaluate registry models without a result (standard preset), rebuild leaderboard/"
+	@echo "make leaderboard  evaluate (and meta-evaluate) registry models without a result (standard preset), rebuild leaderboard/"
 
 install: $(STAMP)
 
@@ -109,13 +109,16 @@ listing: install
 	$(BIN)/python -m sclzoo.evaluator.listing
 
 # Registry-driven update (what the CI leaderboard job runs): evaluates only the zoo/registry.toml entries whose
-# (commit sha, config hash) has no result in $(LB_RESULTS), then rebuilds $(LB_OUT) from all results.
-# Extra options go in LEADERBOARD_ARGS, e.g. LEADERBOARD_ARGS="--provenance ci --skip-unavailable".
+# (commit sha, config hash) has no result in $(LB_RESULTS), meta-evaluates those without a meta result for that
+# config (LB_META=--meta; the meta results sit beside the results, <meta_hash>.meta.json), then rebuilds $(LB_OUT)
+# from all of them. Extra options go in LEADERBOARD_ARGS, e.g. LEADERBOARD_ARGS="--provenance ci --skip-unavailable";
+# LB_META= skips the meta-evaluations (about 35 evaluations' worth of compute per model).
 LB_RESULTS ?= leaderboard/results
 LB_OUT     ?= leaderboard
 LB_PRESET  ?= standard
+LB_META    ?= --meta
 leaderboard: $(STAMP)
-	$(BIN)/sclzoo leaderboard-update --preset $(LB_PRESET) --results $(LB_RESULTS) --out $(LB_OUT) $(LEADERBOARD_ARGS)
+	$(BIN)/sclzoo leaderboard-update --preset $(LB_PRESET) --results $(LB_RESULTS) --out $(LB_OUT) $(LB_META) $(LEADERBOARD_ARGS)
 
 # After `make leaderboard`: write each registry model's scores into its Hub card (needs HF_TOKEN with write access;
 # HF_ENDPOINT for a mirror). Models without results are reported and skipped.

@@ -62,7 +62,7 @@ from sclzoo.evaluator.runner import (
 from sclzoo.evaluator.seeding import deterministic_algorithms
 from sclzoo.zoo.distributed import DistInfo, barrier, init_distributed, shutdown
 
-__all__ = ["Result", "EvalPlan", "evaluate", "build_config", "dry_run", "explain", "plan"]
+__all__ = ["Result", "EvalPlan", "evaluate", "baseline_pool_for", "build_config", "dry_run", "explain", "plan"]
 
 
 @dataclass
@@ -659,28 +659,37 @@ class _Job:
     masks: torch.Tensor | None = None  # (N, H, W) ground truth of the evaluated images, for localisation metrics
 
 
+def baseline_pool_for(plan: DataPlan, loaded: Any, methods: Sequence[str], seed: int) -> torch.Tensor | None:
+    """The baseline images of the methods that need them (``expected_gradients``): 64 training images of the
+    dataset drawn with ``seed`` (the evaluated split itself for tensors and image folders without train/), or None
+    when no selected method needs a pool."""
+    from sclzoo.evaluator.attributions import METHODS
+    from sclzoo.zoo.data import load_dataset
+
+    if not any("baseline_pool" in METHODS.get(m).inputs for m in methods):
+        return None
+    pool_source = plan.data
+    if plan.dataset_ref is not None:
+        try:
+            pool_source = load_dataset(plan.dataset_ref, "train", prep=loaded.data_config)
+        except DatasetError:
+            pool_source = plan.data
+    g = torch.Generator().manual_seed(seed)
+    return pool_source.images[torch.randperm(len(pool_source), generator=g)[:64]]  # type: ignore[no-any-return]
+
+
 def _run(job: _Job, dev: torch.device, info: DistInfo, done: dict[int, BatchResult],
          on_batch: Callable[[BatchResult], None] | None, *, progress: bool, command: str | None,
          provenance_source: str) -> Result:
     """Runs the evaluation (this process's shard), gathers the shards, and writes the result on rank 0."""
-    from sclzoo.evaluator.attributions import METHODS, gradcam_layer_name
-    from sclzoo.zoo.data import load_dataset
+    from sclzoo.evaluator.attributions import gradcam_layer_name
     from sclzoo.zoo.train import device_name
 
     cfg, loaded, resolved, plan = job.cfg, job.loaded, job.resolved, job.plan
     data, dataset_id = plan.data, plan.dataset_id
     images, labels, ids, methods, path = job.images, job.labels, job.ids, job.methods, job.path
     canonical, config_hash, indices_sha = job.canonical, job.config_hash, job.indices_sha
-    baseline_pool = None
-    if any("baseline_pool" in METHODS.get(m).inputs for m in methods):
-        pool_source = data  # tensors and image folders without train/: the evaluated split itself
-        if plan.dataset_ref is not None:
-            try:
-                pool_source = load_dataset(plan.dataset_ref, "train", prep=loaded.data_config)
-            except DatasetError:
-                pool_source = data
-        g = torch.Generator().manual_seed(cfg.seed)
-        baseline_pool = pool_source.images[torch.randperm(len(pool_source), generator=g)[:64]]
+    baseline_pool = baseline_pool_for(plan, loaded, methods, cfg.seed)
     runtime = None
     acc_onnx = None
     if cfg.runtime == "onnx":

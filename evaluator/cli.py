@@ -44,6 +44,7 @@ Examples:
   sclzoo evaluate --model org/name --revision v1 --preset standard
   sclzoo leaderboard results/ --out leaderboard/
   sclzoo leaderboard-update --dry-run          # registry models without a result
+  sclzoo meta-evaluate --model ce-resnet8-mnist   # how far each metric can be trusted on a model
   sclzoo train --config zoo/recipes/resnet8_cifar.ce_mnist5k.toml --export out/ce
 
 Set SCLZOO_DEBUG=1 to see tracebacks.
@@ -365,6 +366,118 @@ def _print_result(d: dict[str, Any], path: Path | None, *, reused: bool) -> None
         click.echo(f"result → {path}")
 
 
+# ----------------------------------------------------------------------------------------------- meta-evaluate
+@cli.command("meta-evaluate", epilog="""\b
+Examples:
+  sclzoo meta-evaluate --model ce-resnet8-mnist                      # every standard metric, calibrated noise
+  sclzoo meta-evaluate --model supcon-resnet8-mnist --metrics sparseness,deletion_auc --dry-run
+  sclzoo meta-evaluate --model zoo/models/resnet8_cifar.ce_mnist5k --iterations 1 --perturbations 3 --n-samples 32
+  sclzoo meta-evaluate --model simclr-resnet8-mnist --sigma-minor 0.01 --sigma-disruptive 2
+  sclzoo meta-evaluate --model ce-resnet8-mnist --out leaderboard/results --resume   # continue an interrupted run
+""")
+@click.option("--model", "model_ref", required=True,
+              help="Zoo alias, model folder, local-dir:PATH, hf-hub:org/name or org/name.")
+@click.option("--revision", default=None, help="Hub branch, tag or commit (default main).")
+@click.option("--preset", type=click.Choice(["quick", "standard", "paper"]), default=None,
+              help="The evaluation whose metrics are meta-evaluated (default: standard).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="Evaluation config TOML (keys of EvalConfig).")
+@click.option("--n-samples", type=click.IntRange(min=1), default=None, help="Number of images to explain.")
+@click.option("--selection", type=click.Choice(["first", "stratified"]), default=None,
+              help="Which images: the first N of the split (default) or a seeded class-stratified subset.")
+@click.option("--methods", default=None, help="Comma-separated attribution methods, at least two (IEC ranks them).")
+@click.option("--metrics", default=None, help="Comma-separated metrics to meta-evaluate (sclzoo ls metrics).")
+@click.option("--dataset", default=None, help="Dataset id (sclzoo ls datasets); default: the model's own.")
+@click.option("--split", default=None, help="Split to explain: test (default), train.")
+@click.option("--target", type=click.Choice(["predicted", "label"]), default=None,
+              help="Explain the predicted class (default) or the true label.")
+@click.option("--seed", type=int, default=None, help="Seed of all random draws, weight noise included (default 0).")
+@click.option("--batch-size", default=None, metavar="N|auto", help="Images per batch (default 64).")
+@click.option("--device", default=None, help="auto (default), cpu or cuda; perturbed models are made there.")
+@click.option("--iterations", type=click.IntRange(min=1), default=None,
+              help="Iterations per test (default 3, as MetaQuantus's benchmarks).")
+@click.option("--perturbations", type=click.IntRange(min=1), default=None,
+              help="Weight-noise draws per iteration (default 2; MetaQuantus's benchmarks use 5).")
+@click.option("--sigma-minor", type=float, default=None,
+              help="σ of the minor (resilience) test's N(1, σ²) weight noise (default: calibrated so that at most "
+                   "5 %% of the predictions change).")
+@click.option("--sigma-disruptive", type=float, default=None,
+              help="σ of the disruptive (reactivity) test (default: calibrated so that predictions agree with the "
+                   "unperturbed ones no more than chance).")
+@click.option("--out", "out_dir", default="results", show_default=True, type=click.Path(file_okay=False),
+              help="Results root folder (the meta result goes beside the model's results).")
+@click.option("--force", is_flag=True, help="Recompute even if this (model commit, meta config) has a result.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint.")
+@click.option("--dry-run", is_flag=True,
+              help="Resolve the model and data, print the meta config, its hash and the cost beside the plain "
+                   "evaluation's (and the ratio); run nothing else.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads (default: the cores available to this process).")
+def meta_evaluate_cmd(model_ref: str, revision: str | None, preset: str | None, config_file: str | None,
+                      n_samples: int | None, selection: str | None, methods: str | None, metrics: str | None,
+                      dataset: str | None, split: str | None, target: str | None, seed: int | None,
+                      batch_size: str | None, device: str | None, iterations: int | None, perturbations: int | None,
+                      sigma_minor: float | None, sigma_disruptive: float | None, out_dir: str, force: bool,
+                      resume: bool, dry_run: bool, quiet: bool, threads: int | None) -> None:
+    """How far each metric can be trusted on a model: MetaQuantus's minor and disruptive weight-noise tests.
+
+    For every metric: intra-consistency (IAC: does each sample's score stay under minor noise and move under
+    disruptive noise), inter-consistency (IEC: is the ranking of the methods kept, and do scores get worse) and
+    their mean, the MC score in [0, 1] (higher = more reliable). docs/protocol.md#meta-evaluation has the
+    definitions and constants.
+    """
+    from sclzoo.evaluator.config import build_config
+    from sclzoo.evaluator.results import check_resume_force
+
+    if threads is not None:
+        from sclzoo.threads import configure as configure_threads
+
+        configure_threads(threads)
+    check_resume_force(resume, force)
+    cfg = build_config(None, preset if preset or config_file else "standard", config_file, n_samples=n_samples,
+                       selection=selection, methods=_split(methods), metrics=_split(metrics), dataset=dataset,
+                       split=split, target=target, seed=seed, batch_size=_batch_size(batch_size), device=device)
+    from sclzoo.evaluator.meta import MetaConfig, meta_dry_run, meta_evaluate
+
+    if dry_run:
+        meta = MetaConfig(**{k: v for k, v in (("iterations", iterations), ("perturbations", perturbations))
+                             if v is not None}, sigma_minor=sigma_minor, sigma_disruptive=sigma_disruptive)
+        click.echo(json.dumps(meta_dry_run(model_ref, cfg, meta, out=out_dir, revision=revision), indent=2,
+                              default=str))
+        return
+    try:
+        res = meta_evaluate(model_ref, out=out_dir, config=cfg, iterations=iterations, perturbations=perturbations,
+                            sigma_minor=sigma_minor, sigma_disruptive=sigma_disruptive, revision=revision,
+                            force=force, resume=resume, progress=not quiet,
+                            command=" ".join(["sclzoo", *sys.argv[1:]]))
+    except KeyboardInterrupt:
+        click.echo("interrupted: finished draws are checkpointed; run the same command with --resume to continue",
+                   err=True)
+        sys.exit(130)
+    _print_meta(res.data, res.path, reused=res.reused)
+
+
+def _print_meta(d: dict[str, Any], path: Path | None, *, reused: bool) -> None:
+    """The noise levels, one row per metric (MC and its four parts) and the meta result's path."""
+    if reused:
+        click.echo(f"meta result exists for this model commit and meta config (use --force to recompute): {path}")
+    t, cal = d["tests"], d["calibration"]
+    click.echo(f"{d['model']['id']} ({d['model']['objective']}) · {d['dataset']['n_evaluated']} images · "
+               f"minor σ = {t['minor']['sigma']:g} ({cal['minor']}; changed {t['minor']['changed_fraction']['mean']:.1%} "
+               f"of the predictions) · disruptive σ = {t['disruptive']['sigma']:g} ({cal['disruptive']}; changed "
+               f"{t['disruptive']['changed_fraction']['mean']:.1%}) · {t['minor']['draws_per_unit']} draws per test")
+
+    def f(v: float | None) -> str:
+        return "–" if v is None else f"{v:.3f}"
+
+    _print_table([{"metric": k, "family": m["family"], "better": "↑" if m["higher_is_better"] else "↓",
+                   "MC": f(m["mc"]), "IAC_NR": f(m["iac_nr"]), "IAC_AR": f(m["iac_ar"]), "IEC_NR": f(m["iec_nr"]),
+                   "IEC_AR": f(m["iec_ar"])} for k, m in d["metrics"].items()])
+    if path:
+        click.echo(f"meta result → {path}")
+
+
 # ------------------------------------------------------------------------------------------------------ explain
 @cli.command("explain", epilog="""\b
 Examples:
@@ -490,6 +603,7 @@ def _fail_on_skipped(scan: Any, results_dir: str) -> None:
 Examples:
   sclzoo leaderboard-update                                   # registry → leaderboard/results → leaderboard/
   sclzoo leaderboard-update --dry-run                         # what would be evaluated
+  sclzoo leaderboard-update --meta                            # and meta-evaluate the metrics on each model
   sclzoo leaderboard-update --registry my.toml --config tiny.toml --results /tmp/r --out /tmp/lb
   python -m sclzoo.evaluator.update --skip-unavailable        # the same command
 """)
@@ -513,9 +627,13 @@ Examples:
               help="Fail (exit 1, leaderboard not rebuilt) when a file in --results is not a valid result.")
 @click.option("--dry-run", is_flag=True, help="Print what would be evaluated; evaluate and write nothing.")
 @click.option("--progress", is_flag=True, help="Show progress bars while evaluating.")
+@click.option("--meta", is_flag=True,
+              help="Also meta-evaluate every registry model without a meta result for this config (sclzoo "
+                   "meta-evaluate, default settings; ~35x an evaluation), so the leaderboard shows how far each "
+                   "metric can be trusted.")
 def leaderboard_update_cmd(registry: str | None, results_dir: str, out_dir: str, preset: str | None,
                            config_file: str | None, device: str | None, provenance: str, skip_unavailable: bool,
-                           strict: bool, dry_run: bool, progress: bool) -> None:
+                           strict: bool, dry_run: bool, progress: bool, meta: bool) -> None:
     """Evaluate registry models that have no result for this config yet, then rebuild the leaderboard."""
     from sclzoo.evaluator.api import build_config
     from sclzoo.evaluator.update import run_update
@@ -523,22 +641,24 @@ def leaderboard_update_cmd(registry: str | None, results_dir: str, out_dir: str,
     cfg = build_config(None, preset if preset or config_file else "standard", config_file, device=device)
     run_update(cfg, registry=registry, results_dir=results_dir, out_dir=out_dir, skip_unavailable=skip_unavailable,
                strict=strict, dry_run=dry_run, provenance_source=provenance, progress=progress,
-               command=" ".join(["sclzoo", *sys.argv[1:]]), log=click.echo)
+               command=" ".join(["sclzoo", *sys.argv[1:]]), log=click.echo, meta=meta)
 
 
 # ----------------------------------------------------------------------------------------------------- validate
 @cli.command("validate", epilog="""\b
 Examples:
   sclzoo validate results/local__resnet8_cifar.ce_mnist5k/*/*.json
+  sclzoo validate leaderboard/results/*/*/*.meta.json         # meta-evaluations, recomputed from their draws
   sclzoo validate leaderboard/leaderboard.json leaderboard/compare.json
 """)
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 def validate_cmd(files: tuple[str, ...]) -> None:
-    """Check result files, leaderboard.json or compare.json against the shipped JSON Schemas.
+    """Check result files, meta results, leaderboard.json or compare.json against the shipped JSON Schemas.
 
     Result files are also checked against their per-sample files: NaN/Infinity literals, aggregates (n, n_nan,
     mean, median, std, stderr) that disagree with the per-sample scores, sample ids that are not the recorded
-    ones, and a file name that is not its config hash are rejected.
+    ones, and a file name that is not its config hash are rejected. Meta results (*.meta.json) are checked against
+    their draws file: every IAC, IEC and MC value is recomputed from the stored scores.
     """
     from sclzoo.evaluator.results import validate_file
 

@@ -17,14 +17,17 @@ per-sample scores are paired by ``sample_id``:
 
 The **claim check** asks per family whether SupCon (SCL) beats SimCLR (CL) for most (method, metric) pairs, i.e.
 on more than half of the family's tests, significant after Holm at α; CE is compared with each contrastive
-objective the same way. Everything is a pure function of the per-sample scores: same input, same bytes.
+objective the same way. When meta-evaluations say how far each metric can be trusted on the zoo
+(:mod:`sclzoo.evaluator.reliability`), each family's verdict also lists its reliable metrics (MC on the zoo above
+the threshold) and gives the verdict on their tests alone, Holm-corrected among themselves, beside the verdict on
+all. Everything is a pure function of the per-sample scores (and MC scores): same input, same bytes.
 """
 
 from __future__ import annotations
 
 import warnings
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +36,7 @@ import numpy as np
 from scipy import stats
 
 from sclzoo.errors import ResultError
+from sclzoo.evaluator.reliability import MC_THRESHOLD, is_reliable
 from sclzoo.vocab import CLAIMS, COMPARISONS, FAMILIES, OBJECTIVES
 
 __all__ = ["SampleScores", "from_result", "holm", "paired_test", "compare_records", "compare_folder",
@@ -217,8 +221,29 @@ def _verdict(a_label: str, b_label: str, family: str, k: int, j: int, n: int, al
     return text, majority
 
 
+def _reliable_verdict(a_label: str, b_label: str, family: str, ft: list[dict[str, Any]], alpha: float,
+                      claim: str | None, mc: Mapping[str, float | None], threshold: float) -> dict[str, Any]:
+    """The family's verdict on its reliable metrics' tests alone (Holm among themselves)."""
+    names = sorted({t["metric"] for t in ft})
+    good = [m for m in names if is_reliable(mc.get(m), threshold)]
+    sub = [t for t in ft if t["metric"] in good]
+    adj = holm([t["p_value"] for t in sub])
+    k = sum(1 for t, p in zip(sub, adj, strict=True) if p < alpha and t["better"] == "a")
+    j = sum(1 for t, p in zip(sub, adj, strict=True) if p < alpha and t["better"] == "b")
+    if good:
+        text, majority = _verdict(a_label, b_label, f"{family} (reliable: {', '.join(good)})", k, j, len(sub), alpha,
+                                  claim)
+    else:
+        text, majority = (f"{family}: no metric of this family is reliable on this zoo (MC > {threshold:g}); "
+                          "nothing to conclude from it."), False
+    return {"metrics": good, "unreliable": [m for m in names if m not in good],
+            "mc": {m: mc.get(m) for m in names}, "n": len(sub), "a_wins": k, "b_wins": j,
+            "not_significant": len(sub) - k - j, "majority": majority, "text": text}
+
+
 def _compare_two(a: SampleScores, b: SampleScores, group: Sequence[SampleScores], alpha: float, seed: int,
-                 n_bootstrap: int) -> dict[str, Any]:
+                 n_bootstrap: int, mc: Mapping[str, float | None] | None = None,
+                 threshold: float = MC_THRESHOLD) -> dict[str, Any]:
     common, ia, ib = np.intersect1d(a.sample_ids, b.sample_ids, assume_unique=False, return_indices=True)
     a_label, b_label = _label(a, group), _label(b, group)
     tests: list[dict[str, Any]] = []
@@ -248,6 +273,8 @@ def _compare_two(a: SampleScores, b: SampleScores, group: Sequence[SampleScores]
         text, majority = _verdict(a_label, b_label, fam, k, j, len(ft), alpha, claim)
         verdicts.append({"family": fam, "n": len(ft), "a_wins": k, "b_wins": j, "not_significant": len(ft) - k - j,
                          "majority": majority, "claim": claim, "text": text})
+        if mc is not None:
+            verdicts[-1]["reliable"] = _reliable_verdict(a_label, b_label, fam, ft, alpha, claim, mc, threshold)
     for t in tests:
         if t["p_value"] is None:
             t.update(p_holm=None, significant=False, winner=None)
@@ -264,7 +291,8 @@ def _compare_two(a: SampleScores, b: SampleScores, group: Sequence[SampleScores]
 
 
 def compare_records(records: Iterable[SampleScores], alpha: float = ALPHA, seed: int = 0,
-                    n_bootstrap: int = N_BOOTSTRAP) -> dict[str, Any]:
+                    n_bootstrap: int = N_BOOTSTRAP, reliability: Mapping[str, Mapping[str, float | None]] | None = None,
+                    threshold: float = MC_THRESHOLD) -> dict[str, Any]:
     """Every objective comparison the records allow.
 
     Args:
@@ -272,6 +300,10 @@ def compare_records(records: Iterable[SampleScores], alpha: float = ALPHA, seed:
         alpha: Significance level after Holm.
         seed: Seed of the bootstrap CIs (per test it is combined with the models, method and metric).
         n_bootstrap: Bootstrap resamples per CI.
+        reliability: ``{config_hash: {metric: MC on the zoo}}`` (:func:`sclzoo.evaluator.reliability.mc_by_config`);
+            groups with an entry get each verdict's ``reliable`` block. None (the default) leaves the output as it
+            was before meta-evaluations existed.
+        threshold: MC above which a metric is reliable.
 
     Returns:
         ``{"alpha", "method", "groups": [...], "claim_check": [...]}``; a group holds the results that explain the
@@ -288,7 +320,8 @@ def compare_records(records: Iterable[SampleScores], alpha: float = ALPHA, seed:
         members = sorted(by_group[gk], key=lambda r: (r.objective, r.key))
         pairs = [_order_pair(x, y) for i, x in enumerate(members) for y in members[i + 1:]
                  if x.objective != y.objective]
-        comparisons = [_compare_two(a, b, members, alpha, seed, n_bootstrap)
+        mc = None if reliability is None else reliability.get(gk[3])
+        comparisons = [_compare_two(a, b, members, alpha, seed, n_bootstrap, mc, threshold)
                        for a, b in sorted(pairs, key=lambda p: _pair_rank(*p))]
         arch, dataset, indices, config_hash = gk
         note = None
@@ -306,18 +339,23 @@ def compare_records(records: Iterable[SampleScores], alpha: float = ALPHA, seed:
                     claim_check.append({"config_hash": config_hash, "dataset": dataset, "architecture": arch,
                                         "a": c["a"]["label"], "b": c["b"]["label"], "family": v["family"],
                                         "claim": c["claim"], "holds": v["majority"], "text": v["text"]})
-    return {
-        "alpha": alpha,
-        "method": {"test": "Wilcoxon signed-rank, two-sided (scipy.stats.wilcoxon, zero_method='wilcox')",
-                   "pairs": "by sample_id; pairs with a NaN score dropped and counted",
-                   "correction": "Holm per (comparison, metric family)",
-                   "effect": "median paired difference a − b, percentile bootstrap 95% CI",
-                   "bootstrap": {"n_resamples": n_bootstrap, "seed": seed},
-                   "majority": "a claim holds for a family when the first objective wins more than half of its "
-                               "(method, metric) tests"},
-        "groups": groups,
-        "claim_check": claim_check,
+                    if "reliable" in v:
+                        r = v["reliable"]
+                        claim_check[-1]["reliable"] = {"metrics": r["metrics"], "holds": r["majority"],
+                                                       "text": r["text"]}
+    method: dict[str, Any] = {
+        "test": "Wilcoxon signed-rank, two-sided (scipy.stats.wilcoxon, zero_method='wilcox')",
+        "pairs": "by sample_id; pairs with a NaN score dropped and counted",
+        "correction": "Holm per (comparison, metric family)",
+        "effect": "median paired difference a − b, percentile bootstrap 95% CI",
+        "bootstrap": {"n_resamples": n_bootstrap, "seed": seed},
+        "majority": "a claim holds for a family when the first objective wins more than half of its "
+                    "(method, metric) tests",
     }
+    if reliability is not None:
+        method["reliability"] = (f"per family, the verdict on the tests of its reliable metrics alone (MC on the zoo "
+                                 f"> {threshold:g}, docs/protocol.md#meta-evaluation), Holm among themselves")
+    return {"alpha": alpha, "method": method, "groups": groups, "claim_check": claim_check}
 
 
 def compare_folder(results_dir: str | Path, alpha: float = ALPHA, seed: int = 0) -> dict[str, Any]:
@@ -364,6 +402,8 @@ def format_markdown(report: dict[str, Any]) -> str:
               "### Claim check", ""]
     for c in report["claim_check"]:
         lines.append(f"- `{c['config_hash'][:12]}` {c['a']} vs {c['b']} — {c['text']}")
+        if "reliable" in c:
+            lines.append(f"  - on reliable metrics alone: {c['reliable']['text']}")
     lines.append("")
     for g in report["groups"]:
         for c in g["comparisons"]:

@@ -42,6 +42,7 @@ from sclzoo.deletion import GRID_DELETION, PIXEL_DELETION
 from sclzoo.errors import ResultError
 from sclzoo.evaluator.compare import SampleScores, compare_records, from_result, objective_name
 from sclzoo.evaluator.config import EXECUTION_KEYS
+from sclzoo.evaluator.meta_results import LoadedMeta, is_meta_file, load_meta
 from sclzoo.evaluator.results import (
     check_result,
     maps_path,
@@ -102,14 +103,16 @@ class SkippedFile:
 
 @dataclass(frozen=True)
 class ResultScan:
-    """Every ``*.json`` under a results folder: the valid results and the files skipped (with the reason)."""
+    """Every ``*.json`` under a results folder: the valid results, the valid meta results (``*.meta.json``,
+    :mod:`sclzoo.evaluator.meta_results`) and the files skipped (with the reason)."""
 
     results: list[LoadedResult]
     skipped: list[SkippedFile] = field(default_factory=list)
+    meta: list[LoadedMeta] = field(default_factory=list)
 
     @property
     def n_files(self) -> int:
-        return len(self.results) + len(self.skipped)
+        return len(self.results) + len(self.skipped) + len(self.meta)
 
 
 def _printable(s: str) -> str:
@@ -224,11 +227,21 @@ def scan_results(results_dir: str | Path | Sequence[str | Path]) -> ResultScan:
         raise ResultError("no results folder given; pass at least one")
     valid: list[LoadedResult] = []
     skipped: list[SkippedFile] = []
+    metas: list[LoadedMeta] = []
     for root in roots:
         if not root.is_dir():
             raise ResultError(f"results folder {str(root)!r} does not exist; run `sclzoo evaluate` first")
         prefix = "" if len(roots) == 1 else root.as_posix().rstrip("/") + "/"
         for f in _candidates(root):
+            if is_meta_file(f):  # a meta-evaluation (sclzoo meta-evaluate), checked with its draws file
+                try:
+                    lm = load_meta(root, f)
+                    metas.append(replace(lm, file=prefix + lm.file))
+                except ResultError as e:
+                    reason = " ".join(str(e).split())
+                    skipped.append(SkippedFile(_printable(prefix + f.relative_to(root).as_posix()),
+                                               reason[:300] + ("…" if len(reason) > 300 else "")))
+                continue
             try:
                 lr = _load_one(root, f)
                 valid.append(replace(lr, file=prefix + lr.file))
@@ -254,7 +267,7 @@ def scan_results(results_dir: str | Path | Sequence[str | Path]) -> ResultScan:
             skipped.append(SkippedFile(_printable(lr.file), what))
     loaded = [keep[id(lr)] for lr in valid if id(lr) in keep]
     skipped.sort(key=lambda s: s.file.split("/"))
-    return ResultScan(loaded, skipped)
+    return ResultScan(loaded, skipped, sorted(metas, key=lambda m: m.file.split("/")))
 
 
 def load_results(results_dir: str | Path) -> list[LoadedResult]:
@@ -362,17 +375,37 @@ def _row_label(row: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     return f"{row['name']}@{row['commit_sha'][:7]}" if len(commits) > 1 else str(row["name"])
 
 
-def build_leaderboard(results_dir: str | Path | list[LoadedResult] | ResultScan) -> dict[str, Any]:
+def build_leaderboard(results_dir: str | Path | list[LoadedResult] | ResultScan,
+                      meta: Sequence[LoadedMeta] | None = None) -> dict[str, Any]:
     """Ranks models per (config hash, method, metric, version) group.
+
+    Args:
+        results_dir: A results folder, its scan, or loaded results.
+        meta: Meta results (default: those of the scan, when a scan is given; none otherwise).
 
     Returns:
         ``{"groups": [...], "rows": [...], "notes": [...]}``: each row is one model commit × method in one
         comparable group with every metric's mean, CI, n, n_nan and rank (1 = best, direction-aware; a missing
         score ranks last), plus the mean rank per family. Each group lists its models, methods, metrics and
         scoring config, and ``why_apart``: how its config differs from the reference group's. The reference group
-        (most models, then most rows, then config hash) comes first.
+        (most models, then most rows, then config hash) comes first. When meta results match a group, the board
+        also has ``reliability`` (:func:`sclzoo.evaluator.reliability.zoo_reliability`); without any, that key
+        is absent.
     """
-    loaded = _loaded(results_dir)
+    if isinstance(results_dir, (str, Path)):
+        results_dir = scan_results(results_dir)
+    if meta is None:
+        meta = results_dir.meta if isinstance(results_dir, ResultScan) else []
+    board = _build_board(_loaded(results_dir))
+    from sclzoo.evaluator.reliability import zoo_reliability
+
+    rel = zoo_reliability(board, meta) if meta else None
+    if rel is not None:
+        board["reliability"] = rel
+    return board
+
+
+def _build_board(loaded: list[LoadedResult]) -> dict[str, Any]:
     df = collect_rows(loaded)
     notes = [f"{lr.file}: {p}" for lr in loaded for p in lr.problems]
     if df.empty:
@@ -483,6 +516,14 @@ def domain_legend(rows: list[dict[str, Any]]) -> str:
     return " ".join([*out, "See docs/protocol.md#in-domain-deletion."]) if out else ""
 
 
+def _mc_label(rel: dict[str, Any] | None, metric: str) -> str:
+    """`` (MC 0.62)`` after a metric's column title when the group has its meta-evaluation, else ""."""
+    v = None if rel is None else rel["metrics"].get(metric)
+    if v is None:
+        return ""
+    return " (MC –)" if v["mc"] is None else f" (MC {v['mc']:.2f})"
+
+
 def why_apart_text(group: dict[str, Any], reference: dict[str, Any]) -> str:
     """One sentence: why a group is ranked apart from the reference group."""
     if not group["why_apart"]:
@@ -520,13 +561,15 @@ def format_markdown(board: dict[str, Any], comparison: dict[str, Any] | None = N
         metrics = grp["metrics"]
         info = grp["metric_info"]
         fams = grp["families"]
+        rel = board.get("reliability", {}).get("groups", {}).get(grp["id"])
         for method in grp["methods"]:
             mrows = [r for r in rows if r["method"] == method]
             if not mrows:
                 continue
             lines += [f"### {method}", "",
                       "| model | objective | commit | acc | "
-                      + " | ".join(f"{m} {'↑' if info[m]['higher_is_better'] else '↓'}" for m in metrics)
+                      + " | ".join(f"{m} {'↑' if info[m]['higher_is_better'] else '↓'}{_mc_label(rel, m)}"
+                                   for m in metrics)
                       + " | " + " | ".join(f"mean rank {f}" for f in fams) + " |",
                       "|---|---|---|---|" + "---|" * (len(metrics) + len(fams))]
             for r in mrows:
@@ -546,6 +589,12 @@ def format_markdown(board: dict[str, Any], comparison: dict[str, Any] | None = N
             legend = domain_legend(mrows)
             if legend:
                 lines += [legend, ""]
+        if rel is not None:
+            from sclzoo.evaluator.reliability import format_markdown as reliability_markdown
+
+            lines += reliability_markdown(rel)
+            if "reliability" in figs:
+                lines += [f"![reliability]({figs['reliability']})", ""]
     if comparison is not None:
         lines += [compare_markdown(comparison).rstrip("\n"), ""]
     if board.get("notes"):
@@ -653,6 +702,9 @@ def render_figures(board: dict[str, Any], loaded: list[LoadedResult]) -> dict[st
                     gallery_rows.append((title, row_maps, preds) if preds is not None else (title, row_maps))
         if gallery_rows and sample_ids:
             figs["gallery"] = plots.maps_gallery(images, gallery_rows, sample_ids, labels)
+        rel = board.get("reliability", {}).get("groups", {}).get(grp["id"])
+        if rel is not None:
+            figs["reliability"] = plots.reliability_figure(rel["metrics"], board["reliability"]["threshold"])
         out[grp["id"]] = figs
     return out
 
@@ -675,9 +727,13 @@ def write_leaderboard(results_dir: str | Path | ResultScan, out_dir: str | Path)
     """
     from sclzoo.evaluator.leaderboard_html import format_html
 
+    if isinstance(results_dir, (str, Path)):
+        results_dir = scan_results(results_dir)
     loaded = _loaded(results_dir)
-    board = build_leaderboard(loaded)
-    comparison = compare_records(_records(loaded))
+    board = build_leaderboard(loaded, results_dir.meta if isinstance(results_dir, ResultScan) else None)
+    from sclzoo.evaluator.reliability import mc_by_config
+
+    comparison = compare_records(_records(loaded), reliability=mc_by_config(board.get("reliability")))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     img = out / "img"

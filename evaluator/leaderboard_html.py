@@ -20,6 +20,7 @@ from sclzoo.evaluator.leaderboard import (
     out_of_domain,
     why_apart_text,
 )
+from sclzoo.evaluator.reliability import fmt
 
 __all__ = ["format_html"]
 
@@ -88,6 +89,9 @@ JS = """
 CAPTIONS = {
     "distributions": "Per-sample score distributions by objective (boxes: quartiles, whiskers 1.5 IQR), per method.",
     "ranks": "Rank heat-map: leaderboard rows × metrics, 1 = best within this group.",
+    "reliability": "Resilience (scores stay under minor weight noise) vs reactivity (they move under disruptive "
+                   "noise) per metric: large markers are the zoo's mean (MC in brackets), small ones its models; above "
+                   "the dashed line MC exceeds the reliability threshold.",
     "gallery": "Example attribution maps of the first evaluated images: signed pixel maps, each on its own symmetric "
                "scale (colour bar: blue −max|map|, white 0, red +max|map|; each cell prints its max|map|, and the "
                "model's prediction when the result stores it; the column title gives the image's id and label).",
@@ -124,10 +128,16 @@ def _frame(table_id: str, what: str, caption: str = "") -> str:
 def _group_table(board: dict[str, Any], grp: dict[str, Any]) -> list[str]:
     info = grp["metric_info"]
     heads = [_th("model @commit", False), _th("objective", False), _th("method", False), _th("accuracy", True)]
+    rel = _reliability(board, grp)
     for m in grp["metrics"]:
         arrow = "↑" if info[m]["higher_is_better"] else "↓"
-        heads.append(_th(f"{m} {arrow}", True, f"{info[m]['family']}, version {info[m]['version']}; "
-                                                f"{'higher' if info[m]['higher_is_better'] else 'lower'} is better"))
+        mc = None if rel is None else rel["metrics"].get(m)
+        label = f"{m} {arrow}" if mc is None else f"{m} {arrow} MC {fmt(mc['mc'])}"
+        trust = "" if mc is None else (f"; MC {fmt(mc['mc'], 3)} on this zoo "
+                                      f"({'reliable' if mc['reliable'] else 'not reliable'}; see the meta-evaluation "
+                                      "below)")
+        heads.append(_th(label, True, f"{info[m]['family']}, version {info[m]['version']}; "
+                                      f"{'higher' if info[m]['higher_is_better'] else 'lower'} is better{trust}"))
     heads += [_th(f"mean rank {f}", True) for f in grp["families"]]
     rows = group_rows(board, grp)
     out = [_frame(f"table-{grp['id']}", f"Leaderboard table of group {grp['id']}",
@@ -168,6 +178,53 @@ def _group_table(board: dict[str, Any], grp: dict[str, Any]) -> list[str]:
     legend = domain_legend(rows)
     if legend:
         out.append(f'<p class="muted">{escape(legend)}</p>')
+    return out
+
+
+def _reliability(board: dict[str, Any], grp: dict[str, Any]) -> dict[str, Any] | None:
+    """The group's meta-evaluation on the board (:mod:`sclzoo.evaluator.reliability`), or None."""
+    group: dict[str, Any] | None = board.get("reliability", {}).get("groups", {}).get(grp["id"])
+    return group
+
+
+def _reliability_table(board: dict[str, Any], grp: dict[str, Any], figure: str | None) -> list[str]:
+    """The group's meta-evaluation: per metric its MC on the zoo, the four parts and each model's MC."""
+    rel = _reliability(board, grp)
+    if rel is None:
+        return []
+    threshold = board["reliability"]["threshold"]
+    labels: list[str] = []
+    for v in rel["metrics"].values():
+        labels += [p["label"] for p in v["models"] if p["label"] not in labels]
+    heads = [_th("metric", False), _th("family", False), _th("MC", True, "mean of the four parts"),
+             _th("IAC_NR", True, "minor noise: Wilcoxon p of each sample's scores (high: they stay)"),
+             _th("IAC_AR", True, "disruptive noise: 1 − Wilcoxon p (high: they move)"),
+             _th("IEC_NR", True, "minor noise: the methods' order by score is kept"),
+             _th("IEC_AR", True, "disruptive noise: scores get worse"),
+             _th("reliable", False, f"MC > {threshold:g}")] + [_th(f"MC {lb}", True) for lb in labels]
+    tid = f"meta-{grp['id']}"
+    out = [f'<h3 id="{tid}-title">How far each metric can be trusted here (meta-evaluation)</h3>',
+           _frame(tid, f"Meta-evaluation of group {grp['id']}",
+                  "MetaQuantus's model-perturbation tests (docs/protocol.md#meta-evaluation): MC on this zoo = the mean "
+                  f"over its models with a meta result; reliable when MC > {threshold:g}. NR = minor weight noise "
+                  "(resilience), AR = disruptive noise (reactivity)."),
+           f'<table class="meta sortable" id="{tid}">', "<thead><tr>" + "".join(heads) + "</tr></thead><tbody>"]
+    for metric, v in rel["metrics"].items():
+        arrow = "↑" if v["higher_is_better"] else "↓"
+        by_label = {p["label"]: p for p in v["models"]}
+        cells = [f'<td class="t">{_breakable(metric)} {arrow}</td>', f'<td class="t">{escape(v["family"])}</td>']
+        cells += [f'<td data-v="{_num(v[k])}">{fmt(v[k])}</td>' for k in ("mc", "iac_nr", "iac_ar", "iec_nr", "iec_ar")]
+        cells.append(f'<td class="t {"holds" if v["reliable"] else "fails"}">{"yes" if v["reliable"] else "no"}</td>')
+        for lb in labels:
+            p = by_label.get(lb)
+            title = "" if p is None else (f' title="σ minor {p["sigma_minor"]:g}, σ disruptive '
+                                          f'{p["sigma_disruptive"]:g}; {escape(p["file"])}"')
+            cells.append("<td>–</td>" if p is None else f'<td data-v="{_num(p["mc"])}"{title}>{fmt(p["mc"])}</td>')
+        out.append(f'<tr class="meta-row" data-metric="{escape(metric)}">' + "".join(cells) + "</tr>")
+    out.append("</tbody></table></div>")
+    if figure is not None:
+        out.append(f'<figure><img src="{escape(figure)}" alt="reliability of group {grp["id"]}" loading="eager">'
+                   f"<figcaption>{escape(CAPTIONS['reliability'])}</figcaption></figure>")
     return out
 
 
@@ -232,6 +289,7 @@ def _claim_check_html(comparison: dict[str, Any]) -> list[str]:
         cells.append(f'<td class="t">{escape(verdict(c))}</td>')
         out.append('<tr class="claim-row">' + "".join(cells) + "</tr>")
     out.append("</tbody></table></div>")
+    out += _claim_reliable_html(found)
     out.append('<details><summary>The verdicts in words</summary><ul class="claims">')
     for c in comparison["claim_check"]:
         cls = ("holds" if c["holds"] else "fails") if c["claim"] else "verdict"
@@ -243,6 +301,38 @@ def _claim_check_html(comparison: dict[str, Any]) -> list[str]:
         out.append(f'<p class="muted">{n_other} more pairwise comparison(s), and every test, under '
                    '<a href="#compare">Objective comparison</a>.</p>')
     out.append("</section>")
+    return out
+
+
+def _claim_reliable_html(found: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[str]:
+    """The claim check on reliable metrics alone (only when meta-evaluations say which metrics are reliable)."""
+    rows = [(g, c, v) for g, c in found for v in c["verdicts"] if "reliable" in v]
+    if not rows:
+        return []
+    heads = [_th("comparison", False), _th("family", False), _th("reliable metrics", False),
+             _th("not reliable", False), _th("all metrics", False), _th("reliable metrics only", False)]
+    out = [_frame("claim-reliable", "Claim check on reliable metrics",
+                  "The same verdicts on the tests of each family's reliable metrics alone (MC on this zoo above the "
+                  "threshold, Holm among themselves), beside the verdict on all its metrics: wins of the first / the "
+                  "second / not significant."),
+           '<table class="claim sortable" id="claim-reliable">', "<thead><tr>" + "".join(heads) + "</tr></thead><tbody>"]
+    for _, c, v in rows:
+        r = v["reliable"]
+
+        def cell(d: dict[str, Any]) -> str:
+            if not d["n"]:
+                return f'<td class="t w" title="{escape(d["text"])}">–</td>'
+            side = " sig-a" if d["a_wins"] > d["n"] / 2 else " sig-b" if d["b_wins"] > d["n"] / 2 else ""
+            return (f'<td class="t w{side}" title="{escape(d["text"])}">{d["a_wins"]} / {d["b_wins"]} / '
+                    f'{d["not_significant"]}</td>')
+
+        bad = [f"{m} ({fmt(r['mc'][m])})" for m in r["unreliable"]]
+        good = [f"{m} ({fmt(r['mc'][m])})" for m in r["metrics"]]
+        out.append(f'<tr class="claim-reliable-row"><td class="t">{escape(c["a"]["label"])} vs '
+                   f'{escape(c["b"]["label"])}</td><td class="t">{escape(v["family"])}</td>'
+                   f'<td class="t">{escape(", ".join(good)) or "none"}</td>'
+                   f'<td class="t">{escape(", ".join(bad)) or "none"}</td>{cell(v)}{cell(r)}</tr>')
+    out.append("</tbody></table></div>")
     return out
 
 
@@ -342,6 +432,7 @@ def format_html(board: dict[str, Any], comparison: dict[str, Any], figures: dict
             elif kind in figs:
                 out.append(f'<figure><img src="{escape(figs[kind])}" alt="{kind} of group {grp["id"]}" '
                            f'loading="eager"><figcaption>{escape(CAPTIONS[kind])}</figcaption></figure>')
+        out += _reliability_table(board, grp, figs.get("reliability"))
         if "gallery" not in figs:
             out.append('<p class="muted">No stored example maps for this group (results written before maps were '
                        "stored): re-evaluate with <code>--force</code> to add them.</p>")

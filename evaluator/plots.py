@@ -131,6 +131,60 @@ def rank_heatmap(row_labels: Sequence[str], col_labels: Sequence[str], ranks: np
     return png_bytes(fig)
 
 
+#: One colour per metric family in the reliability figure (families beyond these get fallback colours).
+FAMILY_COLORS = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860"]
+
+
+def reliability_figure(metrics: dict[str, dict[str, Any]], threshold: float) -> bytes:
+    """Resilience vs reactivity per metric (the meta-evaluation of a zoo, docs/protocol.md#meta-evaluation).
+
+    Args:
+        metrics: ``{metric: {"family", "resilience", "reactivity", "mc", "models": [{"resilience",
+            "reactivity"}, ...]}}`` in display order (:func:`sclzoo.evaluator.reliability.zoo_reliability`).
+        threshold: The MC above which a metric counts as reliable; MC = (resilience + reactivity) / 2, so the
+            line resilience + reactivity = 2 × threshold separates reliable metrics (above it) from the rest.
+
+    Returns:
+        PNG bytes: one large marker per metric at its mean over the zoo's models (labelled), small markers for
+        each model, colours by family.
+    """
+    from sclzoo.vocab import FAMILIES
+
+    families = sorted({v["family"] for v in metrics.values()},
+                      key=lambda f: (FAMILIES.index(f) if f in FAMILIES else len(FAMILIES), f))
+    colour = {f: FAMILY_COLORS[i % len(FAMILY_COLORS)] for i, f in enumerate(families)}
+    fig = _figure(5.6, 4.6)
+    ax = fig.add_subplot(1, 1, 1)
+    xs = np.linspace(0.0, 1.0, 2)
+    ax.plot(xs, 2 * threshold - xs, ls="--", lw=0.8, color="#888")
+    ax.text(0.99, 2 * threshold - 0.99 + 0.02, f"MC = {threshold:g}", ha="right", va="bottom", fontsize=6,
+            color="#666")
+    for name, v in metrics.items():
+        c = colour[v["family"]]
+        pts = [(m["resilience"], m["reactivity"]) for m in v.get("models", [])
+               if m["resilience"] is not None and m["reactivity"] is not None]
+        if pts:
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=10, color=c, alpha=0.35, linewidths=0)
+        if v["resilience"] is None or v["reactivity"] is None:
+            continue
+        ax.scatter([v["resilience"]], [v["reactivity"]], s=46, color=c, edgecolors="black", linewidths=0.5,
+                   zorder=3)
+        mc = "–" if v["mc"] is None else f"{v['mc']:.2f}"
+        ax.annotate(f"{name} ({mc})", (v["resilience"], v["reactivity"]), xytext=(4, 3),
+                    textcoords="offset points", fontsize=6.5)
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("resilience: mean of IAC_NR and IEC_NR (minor weight noise)", fontsize=7)
+    ax.set_ylabel("reactivity: mean of IAC_AR and IEC_AR (disruptive noise)", fontsize=7)
+    ax.tick_params(labelsize=6)
+    ax.grid(True, lw=0.3, alpha=0.5)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], marker="o", ls="", color=colour[f], label=f, markersize=5) for f in families]
+    ax.legend(handles=handles, fontsize=6, loc="lower left", frameon=False)
+    fig.tight_layout()
+    return png_bytes(fig)
+
 def maps_gallery(images: np.ndarray | None, rows: Sequence[tuple[Any, ...]], sample_ids: Sequence[int],
                  labels: Sequence[Any] | None = None) -> bytes:
     """Example attribution maps: a row of input images, then one row per (model, method), and a colour bar.
@@ -271,6 +325,7 @@ def explanation_grid(images: np.ndarray, maps: dict[str, np.ndarray], row_labels
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - GRID_TOP_IN / fig.get_figheight(),
                         wspace=0.06, hspace=0.35)
     return png_bytes(fig)
+
 
 # ---------------------------------------------------------------------------------------- sclzoo show-data
 def ground_truth_grid(images: np.ndarray, masks: dict[str, np.ndarray], captions: Sequence[str], title: str = "",

@@ -389,7 +389,10 @@ def _against_samples(data: dict[str, Any], samples: list[dict[str, Any]]) -> lis
 
 
 def file_kind(doc: dict[str, Any]) -> str:
-    """What a sclzoo JSON document is: ``leaderboard`` (leaderboard.json), ``compare`` (compare.json) or ``result``."""
+    """What a sclzoo JSON document is: ``leaderboard`` (leaderboard.json), ``compare`` (compare.json), ``meta`` (a
+    meta-evaluation, evaluator/meta_results.py) or ``result``."""
+    if doc.get("kind") == "meta_evaluation":
+        return "meta"
     if "rows" in doc and "groups" in doc:
         return "leaderboard"
     if "claim_check" in doc and "groups" in doc:
@@ -408,7 +411,8 @@ def check_published(doc: dict[str, Any], kind: str) -> list[str]:
 
 
 def validate_file(path: str | Path) -> tuple[str, list[str]]:
-    """Checks any sclzoo JSON file: a result (:func:`validate_result`), leaderboard.json or compare.json.
+    """Checks any sclzoo JSON file: a result (:func:`validate_result`), a meta result
+    (:func:`sclzoo.evaluator.meta_results.validate_meta`, with its draws file), leaderboard.json or compare.json.
 
     Returns:
         (kind, problems); problems is empty when the file is valid.
@@ -418,6 +422,10 @@ def validate_file(path: str | Path) -> tuple[str, list[str]]:
     """
     doc = read_result(path)
     kind = file_kind(doc)
+    if kind == "meta":
+        from sclzoo.evaluator.meta_results import validate_meta
+
+        return kind, validate_meta(path)
     return kind, (validate_result(path) if kind == "result" else check_published(doc, kind))
 
 

@@ -346,6 +346,7 @@ def run_evaluation(
     on_batch: Callable[[BatchResult], None] | None = None,
     shard: tuple[int, int] = (0, 1),
     masks: Tensor | None = None,
+    targets: Tensor | None = None,
 ) -> EvalOutput:
     """Explains and scores ``images`` with every selected method and metric.
 
@@ -374,6 +375,8 @@ def run_evaluation(
             ``missing`` lists the others.
         masks: (N, H, W) bool ground truth of the images (for the localisation metrics, ``MetricContext.mask``);
             None when the dataset has none.
+        targets: (N,) explained classes, given instead of ``cfg.target``'s choice (the meta-evaluation explains a
+            weight-noise copy of a model for the unperturbed model's targets; evaluator/meta.py).
 
     Raises:
         ModelLoadError: the model returns NaN/inf logits.
@@ -400,7 +403,12 @@ def run_evaluation(
                     "note": "not applicable: the dataset's classes are not the model's (pass a class map)"}
     logits = _logits(model, images, cfg.batch_size, device)
     preds = logits.argmax(1)
-    targets = preds if cfg.target == "predicted" else labels.clone()
+    if targets is None:
+        targets = preds if cfg.target == "predicted" else labels.clone()
+    elif tuple(targets.shape) != (n,):
+        raise ConfigError(f"targets must have shape ({n},), got {tuple(targets.shape)}")
+    else:
+        targets = targets.detach().to("cpu", torch.long)
 
     done = dict(done_batches or {})
     stray = sorted(st for st in done if st % cfg.batch_size or not 0 <= st < n)

@@ -6,6 +6,11 @@ folder when present, else the Hub id at its tracked revision — and predicts th
 config (``--preset standard`` by default) without loading any weights. An entry is evaluated only when its
 ``(commit sha, config hash)`` has no result yet in the results folder; the leaderboard is then rebuilt from the
 whole folder. ``make leaderboard`` and the CI leaderboard job run it; so does ``python -m sclzoo.evaluator.update``.
+
+With ``meta=True`` (``--meta``; ``make leaderboard`` passes it) each resolved entry is also meta-evaluated
+(:func:`sclzoo.evaluator.meta.meta_evaluate`, default meta config) unless its meta result for this config exists
+(its name is predicted from the config hash, nothing loaded); the leaderboard then shows how far each metric can be
+trusted on the zoo.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ class Planned:
         status: ``up-to-date`` (a result exists), ``todo``, ``unavailable`` (cannot be resolved) or ``failed``
             (resolved, but its config could not be read or its evaluation raised).
         reason: Why it is unavailable or failed (one line).
+        meta: Where its meta result is (or will be), when meta-evaluations are asked for.
     """
 
     entry: RegistryEntry
@@ -60,6 +66,7 @@ class Planned:
     result: Path | None = None
     status: str = "todo"
     reason: str = ""
+    meta: Path | None = None
 
 
 def plan_update(entries: list[RegistryEntry], results_dir: str | Path, cfg: EvalConfig) -> list[Planned]:
@@ -112,6 +119,14 @@ class UpdateReport:
     skipped: list[Any] = field(default_factory=list)  # leaderboard.SkippedFile
 
 
+def _meta_file(p: Planned, results_dir: str | Path) -> Path:
+    """Where the default meta-evaluation of a planned entry is written (predicted from its config hash)."""
+    from sclzoo.evaluator.meta import MetaConfig, meta_hash
+    from sclzoo.evaluator.meta_results import meta_path
+
+    return meta_path(results_dir, p.repo_id, p.commit_sha, meta_hash(p.config_hash, MetaConfig().canonical()))
+
+
 def run_update(
     cfg: EvalConfig,
     *,
@@ -126,6 +141,8 @@ def run_update(
     command: str | None = None,
     evaluate_fn: Callable[..., Any] | None = None,
     log: Callable[[str], None] = print,
+    meta: bool = False,
+    meta_fn: Callable[..., Any] | None = None,
 ) -> UpdateReport:
     """Evaluates the registry entries that have no result for ``cfg`` yet, then rebuilds the leaderboard.
 
@@ -144,6 +161,8 @@ def run_update(
         command: Command line recorded in new results.
         evaluate_fn: Replaces :func:`sclzoo.evaluator.api.evaluate` (tests).
         log: Where progress lines go.
+        meta: Also meta-evaluate every resolved entry that has no meta result for this config yet.
+        meta_fn: Replaces :func:`sclzoo.evaluator.meta.meta_evaluate` (tests).
 
     Raises:
         ModelNotFoundError: some entries are unavailable (and none failed) and ``skip_unavailable`` is False.
@@ -158,9 +177,14 @@ def run_update(
         evaluate_fn = evaluate
     entries = load_registry(registry)
     planned = plan_update(entries, results_dir, cfg)
+    if meta:
+        planned = [replace(p, meta=_meta_file(p, results_dir)) if p.config_hash else p for p in planned]
     for p in planned:
         where = f"{p.repo_id}@{p.commit_sha[:7]} config {p.config_hash[:12]}" if p.config_hash else p.ref
         log(f"{p.status:<11} {p.entry.id}: {where}" + (f" ({p.reason})" if p.reason else ""))
+        if p.meta is not None:
+            log(f"{'up-to-date' if p.meta.is_file() else 'todo':<11} {p.entry.id}: meta-evaluation "
+                f"{p.meta.name[:12]}")
     evaluated: list[Planned] = []
     warnings: list[str] = []
     if dry_run:
@@ -183,6 +207,27 @@ def run_update(
                             f"{p.config_hash[:12]}) but evaluate wrote ({res.data['model']['commit_sha'][:7]}, "
                             f"{got[:12]}); the next update will evaluate it again — report this as a bug")
         evaluated.append(p)
+    if meta:
+        if meta_fn is None:
+            from sclzoo.evaluator.meta import meta_evaluate
+
+            meta_fn = meta_evaluate
+        broken = {f.entry.id for f in failed}
+        for p in planned:
+            if p.meta is None or p.meta.is_file() or p.entry.id in broken:
+                continue
+            log(f"meta-evaluating {p.entry.id} ({p.ref}) …")
+            try:
+                res = meta_fn(p.ref, revision=p.revision, out=results_dir, config=cfg, progress=progress,
+                              command=command, provenance_source=provenance_source, resume=True)
+            except Exception as err:  # one broken model must not stop the others; reported at the end
+                failed.append(replace(p, status="failed", reason=f"meta-evaluation: {_one_line(err)}"))
+                log(f"failed      {p.entry.id}: {failed[-1].reason}")
+                continue
+            if res.path is not None and Path(res.path) != p.meta:
+                warnings.append(f"{p.entry.id}: predicted meta result {p.meta.name[:12]} but meta_evaluate wrote "
+                                f"{Path(res.path).name[:12]}; the next update will compute it again — report this "
+                                "as a bug")
     for w in warnings:
         log(f"warning: {w}")
     scan = scan_results(results_dir)

@@ -96,3 +96,76 @@ def shifted_zoo(root: Path, n: int = 30, shift: float = 0.5, seed: int = 0,
     return {"simclr": write_synthetic(root, "simclr", base),
             "ce": write_synthetic(root, "ce", {m: {k: v.copy() for k, v in d.items()} for m, d in base.items()}),
             "supcon": write_synthetic(root, "supcon", better)}
+
+
+def write_synthetic_meta(result_file: Path, reactivity: dict[str, float], *, iterations: int = 1,
+                         perturbations: int = 2, seed: int = 0) -> Path:
+    """Writes a meta result (+ draws file) beside a synthetic result, valid down to its recomputed IAC/IEC/MC.
+
+    Minor draws keep every prediction and every score; disruptive draws change every prediction and move each
+    metric's scores towards worse by ``reactivity[metric]`` (0: the metric ignores the model, MC exactly 0.5; > 0:
+    it reacts, MC near 1).
+    """
+    import json
+
+    from sclzoo.evaluator.consistency import TESTS, DrawScores, consistency
+    from sclzoo.evaluator.meta import MetaConfig, meta_hash
+    from sclzoo.evaluator.meta_results import meta_path, write_meta
+    from sclzoo.evaluator.results import read_samples
+
+    doc = json.loads(Path(result_file).read_text())
+    samples = read_samples(result_file)
+    methods = list(doc["scores"])
+    metrics = list(next(iter(doc["scores"].values())))
+    n = len(samples)
+    q0 = {m: {k: np.array([s["scores"][m][k] for s in samples], dtype=np.float64) for k in metrics}
+          for m in methods}
+    preds0 = np.array([s["prediction"] for s in samples], dtype=np.int64)
+    meta = MetaConfig(iterations=iterations, perturbations=perturbations, sigma_minor=0.01, sigma_disruptive=2.0)
+    canonical = meta.canonical()
+    h = meta_hash(doc["config_hash"], canonical)
+    rng = np.random.default_rng(seed)
+    draws: dict[str, dict[str, list[dict[str, Any]]]] = {t: {} for t in TESTS}
+    summary = {}
+    for k in metrics:
+        spec = METRICS.get(k)
+        worse = -1.0 if spec.higher_is_better else 1.0
+        runs: dict[str, list[DrawScores]] = {t: [] for t in TESTS}
+        for test in TESTS:
+            recs = []
+            for _ in range(meta.draws):
+                preds = preds0 if test == "minor" else preds0 + 1
+                shift = 0.0 if test == "minor" else worse * reactivity.get(k, 0.0)
+                sc = {m: q0[m][k] + shift + rng.uniform(0, 1e-3, n) * (shift != 0) * worse for m in methods}
+                runs[test].append(DrawScores(preds, sc))
+                recs.append({"sigma": 0.01 if test == "minor" else 2.0, "accuracy": None,
+                             "predictions": preds.tolist(), "scores": {m: {k: sc[m].tolist()} for m in methods}})
+            draws[test][k] = recs
+        summary[k] = {"family": spec.family, "higher_is_better": spec.higher_is_better, "version": spec.version,
+                      "draw_unit": k, **consistency({m: q0[m][k] for m in methods}, preds0, runs,
+                                                     spec.higher_is_better, iterations)}
+    blank = {"mean": 0.5, "min": 0.5, "max": 0.5}
+    meta_doc = {
+        "schema_version": 1, "kind": "meta_evaluation", "model": doc["model"],
+        "dataset": {k: doc["dataset"][k] for k in ("id", "split", "n_evaluated", "indices_sha256")},
+        "evaluation": {"config": doc["config"], "config_hash": doc["config_hash"]},
+        "meta_config": canonical, "meta_hash": h,
+        "calibration": {"sigma_minor": 0.01, "sigma_disruptive": 2.0, "minor": "given", "disruptive": "given",
+                        "chance_bound": 0.175, "rows": []},
+        "unperturbed_accuracy": None,
+        "tests": {t: {"sigma": 0.01 if t == "minor" else 2.0, "draws_per_unit": meta.draws,
+                      "changed_fraction": blank, "accuracy": blank} for t in TESTS},
+        "metrics": summary,
+        "run": {"sclzoo_version": "0.1.0", "git_revision": "synthetic", "command": "synthetic",
+                "started_at": "2025-01-01T00:00:00+00:00", "duration_s": 0.0, "device_name": "cpu",
+                "deterministic": True, "versions": {"python": "3.11"}},
+        "provenance": {"source": "local", "verified": False},
+    }
+    draws_doc = {"format": 1, "meta_hash": h, "sample_ids": [s["sample_id"] for s in samples],
+                 "labels": [s["label"] for s in samples], "targets": [s["target"] for s in samples],
+                 "methods": methods,
+                 "unperturbed": {"predictions": preds0.tolist(),
+                                 "scores": {m: {k: q0[m][k].tolist() for k in metrics} for m in methods}},
+                 "draws": draws}
+    path = meta_path(Path(result_file).parents[2], doc["model"]["id"], doc["model"]["commit_sha"], h)
+    return write_meta(path, meta_doc, draws_doc)
