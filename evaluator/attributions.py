@@ -6,9 +6,10 @@ them). Baselines are in pixel units: 0 is black.
 
 The three random methods (gradient_shap, expected_gradients, smoothgrad) compute the same estimators as captum's
 ``GradientShap`` and ``NoiseTunnel(Saliency)``, but draw each sample's noise, baselines and interpolation
-points from its own generator (:func:`sclzoo.evaluator.seeding.sample_generator`, keyed by seed, method name and
-global sample id): captum draws from the global RNG for the whole batch, which would make a sample's
-attribution depend on its batch neighbours.
+points as a pure function of (seed, stream, global sample id, draw) on the images' device
+(:mod:`sclzoo.evaluator.seeding`; docs/protocol.md#seeding): captum draws from the global RNG for the whole batch,
+which would make a sample's attribution depend on its batch neighbours. Their ``version`` (2) counts changes to
+those draws; the canonical config records a method's version when it is above 1.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from torch import Tensor, nn
 from sclzoo.errors import ConfigError
 from sclzoo.registry import Registry, check_params
 
-from .seeding import per_sample_draws
+from .seeding import normal, randint, uniform
 
 __all__ = ["METHODS", "MethodSpec", "attribute", "gradcam_layer", "gradcam_layer_name", "method_defaults"]
 
@@ -60,6 +61,8 @@ class MethodSpec:
             a set of training images): never recorded in the config, passed by the runner when available.
         passes: Model passes per image, ``passes(params, (C, H, W)) -> (forwards, gradients)``: the cost model
             of progress bars and ``--dry-run`` estimates.
+        version: Bumped whenever an implementation detail that changes the maps changes (e.g. how the random
+            methods draw); recorded in the canonical config when above 1, so earlier config hashes stay put.
     """
 
     name: str
@@ -70,6 +73,7 @@ class MethodSpec:
     optional: tuple[str, ...] = ()
     inputs: tuple[str, ...] = ()
     passes: PassesFn = lambda p, shape: (0, 1)
+    version: int = 1
 
 
 METHODS: Registry[MethodSpec] = Registry("attribution method", "sclzoo ls methods")
@@ -77,7 +81,7 @@ METHODS: Registry[MethodSpec] = Registry("attribution method", "sclzoo ls method
 
 def _method(
     name: str, *, captum: str, defaults: dict[str, Any], description: str, optional: tuple[str, ...] = (),
-    inputs: tuple[str, ...] = (), passes: PassesFn | None = None,
+    inputs: tuple[str, ...] = (), passes: PassesFn | None = None, version: int = 1,
 ) -> Callable[[AttributionFn], AttributionFn]:
     """Registers the decorated function as attribution method ``name``."""
 
@@ -86,7 +90,8 @@ def _method(
             name,
             MethodSpec(name=name, fn=fn, defaults={**dict(defaults), **{k: None for k in optional}},
                        captum=captum, description=description, optional=tuple(optional),
-                       inputs=tuple(inputs), **({"passes": passes} if passes is not None else {})),
+                       inputs=tuple(inputs), version=version,
+                       **({"passes": passes} if passes is not None else {})),
         )
         return fn
 
@@ -130,8 +135,9 @@ def attribute(
         model: Eval-mode classifier, [0, 1] pixels → logits (N, classes).
         x: (N, C, H, W) images; not modified.
         target: (N,) long class indices.
-        sample_ids: (N,) long global dataset indices that seed the random methods per sample; ``None`` means
-            ``arange(N)``, which is only right when ``x`` is the whole dataset. Ignored by deterministic methods.
+        sample_ids: (N,) long global dataset indices that key the random methods' draws per sample (moved to x's
+            device, where the draws are made); ``None`` means ``arange(N)``, which is only right when ``x`` is the
+            whole dataset. Ignored by deterministic methods.
         seed: Global seed of the run (random methods only).
         **params: Overrides of the method's defaults (see :func:`method_defaults`).
 
@@ -170,7 +176,7 @@ def attribute(
             model,
             x.detach(),  # captum toggles requires_grad on its input: never on the caller's tensor
             target.to(x.device),
-            sample_ids=sample_ids.detach().to("cpu", torch.long),
+            sample_ids=sample_ids.detach().to(x.device, torch.long),
             seed=int(seed),
             **{**spec.defaults, **params},
         )
@@ -248,7 +254,8 @@ def _expected_gradients(
 
     For j = 1..n: baseline b_j drawn uniformly from ``pool``, α_j ~ U(0, 1), x̃_j = x + N(0, stdevs²);
     a = mean_j ∂f_y/∂x (b_j + α_j (x̃_j − b_j)) · (x̃_j − b_j), as captum's GradientShap
-    (NoiseTunnel over InputBaselineXGradient).
+    (NoiseTunnel over InputBaselineXGradient). The three draws come from the streams ``<name>/baseline``,
+    ``<name>/alpha`` and ``<name>/noise``, each one call for the whole batch.
 
     Shapes: x (N, C, H, W), pool (B, C, H, W) → (N, C, H, W).
     """
@@ -258,15 +265,13 @@ def _expected_gradients(
     n, c, h, w = x.shape
     n_pool = pool.shape[0]
 
-    def draw(g: torch.Generator) -> tuple[Tensor, ...]:
-        idx = torch.randint(n_pool, (n_samples,), generator=g)
-        alpha = torch.rand(n_samples, generator=g)
-        # No noise draw when stdevs = 0: the default then needs no (N, n, C, H, W) buffer.
-        noise = torch.randn(n_samples, c, h, w, generator=g) * stdevs if stdevs > 0 else torch.zeros(())
-        return idx, alpha, noise
-
-    idx, alpha, noise = per_sample_draws(seed, name, sample_ids, draw, x.device)
-    noisy = x[:, None] + noise.to(x.dtype) if stdevs > 0 else x[:, None]  # (N, n or 1, C, H, W)
+    idx = randint(seed, f"{name}/baseline", sample_ids, (n_samples,), n_pool)
+    alpha = uniform(seed, f"{name}/alpha", sample_ids, (n_samples,))
+    if stdevs > 0:  # no noise draw when stdevs = 0: the default then needs no (N, n, C, H, W) buffer
+        noise = normal(seed, f"{name}/noise", sample_ids, (n_samples, c, h, w)).mul_(stdevs)
+        noisy = x[:, None] + noise.to(x.dtype)  # (N, n, C, H, W)
+    else:
+        noisy = x[:, None]  # (N, 1, C, H, W)
     base = pool.to(device=x.device, dtype=x.dtype)[idx]  # (N, n, C, H, W)
     delta = noisy - base
     scaled = base + alpha.to(x.dtype).view(n, n_samples, 1, 1, 1) * delta
@@ -352,6 +357,7 @@ def integrated_gradients(
 @_method(
     "gradient_shap",
     captum="GradientShap",
+    version=2,
     defaults={"n_samples": 16, "stdevs": 0.0, "internal_batch_size": None},
     description="Expected gradients against black and white baselines (Lundberg 2017), per-sample draws.",
     passes=lambda p, shape: (0, int(p["n_samples"])),
@@ -386,6 +392,7 @@ def gradient_shap(
 @_method(
     "expected_gradients",
     captum="GradientShap",
+    version=2,
     defaults={"n_samples": 16, "stdevs": 0.0, "baseline_pool": None, "internal_batch_size": None},
     description="GradientShap with baselines drawn from training images (Erion 2021); needs baseline_pool.",
     inputs=("baseline_pool",),
@@ -468,6 +475,7 @@ def guided_backprop(model: nn.Module, x: Tensor, target: Tensor, *, sample_ids: 
 @_method(
     "smoothgrad",
     captum="NoiseTunnel(Saliency)",
+    version=2,
     defaults={"nt_samples": 16, "stdevs": 0.15, "internal_batch_size": None},
     description="Mean |gradient| over Gaussian-noised copies of x (Smilkov 2017), per-sample draws.",
     passes=lambda p, shape: (0, int(p["nt_samples"])),
@@ -492,9 +500,7 @@ def smoothgrad(
     if isinstance(stdevs, bool) or not isinstance(stdevs, (int, float)) or stdevs < 0:
         raise ConfigError(f"{name}: stdevs must be a number ≥ 0, got {stdevs!r}.")
     n, c, h, w = x.shape
-    (noise,) = per_sample_draws(
-        seed, name, sample_ids, lambda g: (torch.randn(k, c, h, w, generator=g) * stdevs,), x.device
-    )
+    noise = normal(seed, name, sample_ids, (k, c, h, w)).mul_(stdevs)  # (N, k, C, H, W), one call
     noisy = (x[:, None] + noise.to(x.dtype)).reshape(n * k, c, h, w)
     grads = _input_gradients(
         model, noisy, target.repeat_interleave(k), _optional_chunk(name, internal_batch_size)

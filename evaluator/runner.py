@@ -35,7 +35,7 @@ from sclzoo.vocab import SELECTIONS
 #: Cost of one gradient pass (forward + backward) in forward passes, for progress and time estimates.
 GRADIENT_COST = 3
 
-__all__ = ["auto_batch_size", "choose_batch_size", "BatchResult", "EvalOutput", "resolve_specs", "run_evaluation", "estimate_cost", "batch_starts",
+__all__ = ["auto_batch_size", "choose_batch_size", "BatchResult", "EvalOutput", "resolve_specs", "call_params", "run_evaluation", "estimate_cost", "batch_starts",
            "shard_batches", "merge_batches", "select_samples", "SELECTIONS"]
 
 
@@ -163,6 +163,9 @@ def merge_batches(output: EvalOutput, batches: dict[int, BatchResult], batch_siz
 def resolve_specs(cfg: EvalConfig) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
     """Full parameters of every selected method and metric (defaults + overrides), validated.
 
+    Metrics carry their ``version``; a method carries its ``version`` only when it is above 1 (so the config hashes
+    of methods that never changed stay put). :func:`call_params` drops it before a call.
+
     Raises:
         UnknownNameError: an unknown method or metric (with "did you mean").
         ConfigError: an override names an unselected method/metric or an unknown parameter.
@@ -178,8 +181,9 @@ def resolve_specs(cfg: EvalConfig) -> tuple[dict[str, dict[str, Any]], dict[str,
         spec = METHODS.get(m)
         over = cfg.method_params.get(m, {})
         check_params("attribution method", m, over, spec.defaults)
-        methods[m] = {k: v for k, v in {**spec.defaults, **over}.items()
-                      if k not in spec.inputs and not (k in spec.optional and v is None)}
+        params = {k: v for k, v in {**spec.defaults, **over}.items()
+                  if k not in spec.inputs and not (k in spec.optional and v is None)}
+        methods[m] = {"version": spec.version, **params} if spec.version > 1 else params
     metrics: dict[str, dict[str, Any]] = {}
     for name in cfg.metrics:
         spec_m = METRICS.get(name)
@@ -187,6 +191,12 @@ def resolve_specs(cfg: EvalConfig) -> tuple[dict[str, dict[str, Any]], dict[str,
         metric_cost(name, **over)  # validates parameter names
         metrics[name] = {"version": spec_m.version, **spec_m.defaults, **over}
     return methods, metrics
+
+
+def call_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """A method's or metric's resolved parameters (:func:`resolve_specs`) without the recorded ``version``: what
+    :func:`~sclzoo.evaluator.attributions.attribute` or :func:`~sclzoo.evaluator.metrics.compute` takes."""
+    return {k: v for k, v in params.items() if k != "version"}
 
 
 def estimate_cost(cfg: EvalConfig) -> dict[str, Any]:
@@ -253,7 +263,7 @@ def auto_batch_size(model: nn.Module, images: Tensor, methods: dict[str, dict[st
         extra = _method_inputs(method, {"baseline_pool": baseline_pool}, device)
         if extra is None:  # a needed input is not available here
             continue
-        attribute(method, model, x, target, sample_ids=ids, **params, **extra)
+        attribute(method, model, x, target, sample_ids=ids, **call_params(params), **extra)
     torch.cuda.synchronize(device)
     peak = torch.cuda.max_memory_allocated(device) - base
     free, _ = torch.cuda.mem_get_info(device)
@@ -314,6 +324,8 @@ def onnx_runtime(onnx_file: str | Path, model: nn.Module, device: torch.device, 
 
 
 def _explainer(method: str, params: dict[str, Any], seed: int, extra: dict[str, Any]) -> Callable[..., Tensor]:
+    params = call_params(params)
+
     def explain_with(model: nn.Module, x: Tensor, target: Tensor, sample_ids: Tensor) -> Tensor:
         return attribute(method, model, x, target, sample_ids=sample_ids, seed=seed, **params, **extra)
 

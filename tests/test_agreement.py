@@ -10,7 +10,7 @@ What each test asserts:
 - deterministic metrics (sparseness, complexity, effective_complexity, the deletion curve) equal Quantus's to
   ≤ 1e-5 on the same maps;
 - infidelity and max_sensitivity equal captum's to ≤ 1e-6 (relative) when captum's ``perturb_func`` returns the
-  very draws sclzoo makes (reproduced with the same ``per_sample_draws`` calls and names as
+  very draws sclzoo makes (reproduced with the same :mod:`sclzoo.evaluator.seeding` calls and stream names as
   evaluator/metrics/);
 - faithfulness_correlation and local_lipschitz_estimate, whose draws Quantus makes from the global
   ``np.random``, agree with Quantus in mean over 16 images within 3 combined standard errors.
@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from sclzoo.evaluator.attributions import attribute
-from sclzoo.evaluator.metrics import MetricContext, compute, metric_defaults, per_sample_draws
+from sclzoo.evaluator.metrics import MetricContext, compute, metric_defaults, normal, uniform
 from sclzoo.evaluator.metrics.faithfulness import flip_curve, pixel_ranks
 from sclzoo.zoo.data import load_dataset
 
@@ -269,11 +269,9 @@ def test_infidelity_equals_captum(
     ctx = _context(model, batch, a, batch_size=N_IMAGES * n_pert)
     ours = compute("infidelity", ctx, normalize=normalize)
 
-    # sclzoo's draws, exactly as evaluator/metrics/ makes them: name "infidelity", one generator per sample id,
-    # torch.randn(n, C, H, W) * σ; the perturbed input is x − I.
-    (noise,) = per_sample_draws(
-        SEED, "infidelity", SAMPLE_IDS, lambda g: (torch.randn(n_pert, c, h, w, generator=g) * sigma,), "cpu"
-    )
+    # sclzoo's draws, exactly as evaluator/metrics/ makes them: stream "infidelity", keyed by sample id,
+    # normal(n, C, H, W) · σ; the perturbed input is x − I.
+    noise = normal(SEED, "infidelity", SAMPLE_IDS, (n_pert, c, h, w)) * sigma
     flat_noise = noise.reshape(N_IMAGES * n_pert, c, h, w)
 
     def perturb(inputs: Tensor) -> tuple[Tensor, Tensor]:
@@ -308,16 +306,9 @@ def _captum_format(
 
 
 def _sensitivity_noise(n_pert: int, radius: float, shape: tuple[int, ...]) -> Tensor:
-    """sclzoo's max_sensitivity draws (N, n, C, H, W): name "max_sensitivity", U(−r, r) as (rand·2 − 1)·r."""
+    """sclzoo's max_sensitivity draws (N, n, C, H, W): stream "max_sensitivity", U(−r, r) as (u·2 − 1)·r."""
     c, h, w = shape
-    (noise,) = per_sample_draws(
-        SEED,
-        "max_sensitivity",
-        SAMPLE_IDS,
-        lambda g: ((torch.rand(n_pert, c, h, w, generator=g) * 2 - 1) * radius,),
-        "cpu",
-    )
-    return noise
+    return (uniform(SEED, "max_sensitivity", SAMPLE_IDS, (n_pert, c, h, w)) * 2 - 1) * radius
 
 
 @pytest.mark.parametrize("per_call", ["all_draws", "one_draw"])

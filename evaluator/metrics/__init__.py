@@ -15,7 +15,7 @@ Importing the package registers every metric.
 
 from __future__ import annotations
 
-from sclzoo.evaluator.seeding import per_sample_draws, sample_generator, stable_seed
+from sclzoo.evaluator.seeding import normal, randint, random_subsets, sample_generator, stable_seed, uniform
 from sclzoo.threads import torch_threads
 from sclzoo.vocab import FAMILIES
 
@@ -48,9 +48,11 @@ __all__ = [
     "forward_perturbed",
     "metric_cost",
     "metric_defaults",
+    "normal",
     "pearson",
-    "per_sample_draws",
     "pixel_map",
+    "randint",
+    "random_subsets",
     "randomised_copy",
     "register_metric",
     "sample_generator",
@@ -58,4 +60,5 @@ __all__ = [
     "ssim",
     "stable_seed",
     "torch_threads",
+    "uniform",
 ]

@@ -3,7 +3,8 @@
 A metric is a pure function ``fn(ctx, **params) -> Tensor[N]`` returning one score per sample. It never mutates
 its inputs, and a sample's score depends only on that sample, the model, the explanation function, the global
 seed and the parameters: never on its batch neighbours, the batch size or the sharding. That is why every random
-draw comes from :func:`sclzoo.evaluator.seeding.per_sample_draws` (docs/protocol.md#seeding).
+draw comes from :mod:`sclzoo.evaluator.seeding`, keyed by the sample's global id and made on the batch's device
+(docs/protocol.md#seeding).
 
 Notation (docs/protocol.md#notation): ``m = Σ_c a_c`` is the signed pixel map of an attribution ``a``
 (N, C, H, W), ``D_p = H·W``, ``f_y`` the logit of the target class and ``p_y`` its softmax probability.
@@ -73,8 +74,9 @@ class MetricContext:
         attributions: (N, C, H, W) explanations of ``x`` for ``target`` (``explain(x, target, sample_ids)``).
         explain: Explanation function with method and parameters bound, for the continuity and random-logit
             metrics; ``None`` if only other metrics are computed.
-        sample_ids: (N,) long global dataset indices, used to seed per-sample draws. ``None`` means
-            ``arange(N)``, which is only right when ``x`` is the whole dataset.
+        sample_ids: (N,) long global dataset indices, used to key per-sample draws (on any device; keep them on
+            ``x``'s device to spare a copy per call). ``None`` means ``arange(N)``, which is only right when ``x``
+            is the whole dataset.
         seed: Global seed of the run.
         batch_size: Most images per model forward or explanation call; perturbations of several samples are
             stacked and run in chunks of this size.
@@ -118,6 +120,12 @@ class MetricContext:
         if self.sample_ids is None:
             return torch.arange(self.x.shape[0])
         return self.sample_ids.detach().to("cpu", torch.long)
+
+    def device_ids(self) -> Tensor:
+        """(N,) long sample ids on ``x``'s device, where the draws are made (``arange(N)`` when none were given)."""
+        if self.sample_ids is None:
+            return torch.arange(self.x.shape[0], device=self.x.device)
+        return self.sample_ids.detach().to(self.x.device, torch.long)
 
 
 @dataclass(frozen=True)
@@ -434,7 +442,7 @@ def explain_perturbed(
         The groups' scores concatenated along the sample dimension: (N, ...).
     """
     explain = needs(ctx, "explain", metric)
-    ids = ctx.ids()
+    ids = ctx.device_ids()
     rows = []
     for grp in sample_groups(ctx.x.shape[0], per_sample, ctx.batch_size):
         g = grp.stop - grp.start
@@ -443,7 +451,7 @@ def explain_perturbed(
             explain,
             inputs,
             repeat_rows(ctx.target[grp], per_sample),
-            repeat_rows(ids[grp], per_sample).to(ctx.x.device),
+            repeat_rows(ids[grp], per_sample),
             ctx.batch_size,
         )
         rows.append(score(grp, expl.view(g, per_sample, *expl.shape[1:]), state))

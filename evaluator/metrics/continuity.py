@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from sclzoo.errors import ConfigError
-from sclzoo.evaluator.seeding import per_sample_draws
+from sclzoo.evaluator.seeding import normal, uniform
 
 from .base import (
     MetricContext,
@@ -25,19 +25,17 @@ from .base import (
 __all__ = ["avg_sensitivity", "continuity", "local_lipschitz_estimate", "max_sensitivity", "sensitivities"]
 
 
-#: draw(generator, shape) -> one sample's noise of that shape.
-NoiseFn = Callable[[torch.Generator, tuple[int, ...]], Tensor]
+#: draw(sample ids (G,), shape of one sample's draws) -> the group's noise (G, *shape), on the ids' device.
+NoiseFn = Callable[[Tensor, tuple[int, ...]], Tensor]
 
 
-def _noise_perturb(ctx: MetricContext, name: str, n_draws: int, draw: NoiseFn) -> PerturbFn:
-    """perturb(group) for :func:`explain_perturbed`: x + noise, the noise drawn per sample under ``name``."""
+def _noise_perturb(ctx: MetricContext, n_draws: int, draw: NoiseFn) -> PerturbFn:
+    """perturb(group) for :func:`explain_perturbed`: x + noise, the group's noise drawn in one call."""
     _, c, h, w = ctx.x.shape
-    ids = ctx.ids()
+    ids = ctx.device_ids()
 
     def perturb(grp: slice) -> tuple[Tensor, Tensor]:
-        (noise,) = per_sample_draws(
-            ctx.seed, name, ids[grp], lambda gen: (draw(gen, (n_draws, c, h, w)),), ctx.x.device
-        )  # (G, n, C, H, W)
+        noise = draw(ids[grp], (n_draws, c, h, w))  # (G, n, C, H, W)
         return (ctx.x[grp][:, None] + noise).reshape(-1, c, h, w), noise
 
     return perturb
@@ -63,14 +61,14 @@ def sensitivities(ctx: MetricContext, n_perturbations: int, radius: float) -> Te
     ref_norm = ref.norm(dim=1)
     ref_norm = torch.where(ref_norm == 0, torch.ones_like(ref_norm), ref_norm)
 
-    def uniform(gen: torch.Generator, shape: tuple[int, ...]) -> Tensor:
-        return (torch.rand(*shape, generator=gen) * 2 - 1) * rad
+    def noise(ids: Tensor, shape: tuple[int, ...]) -> Tensor:
+        return uniform(ctx.seed, name, ids, shape).mul_(2).sub_(1).mul_(rad)
 
     def relative_change(grp: slice, expl: Tensor, _: Tensor) -> Tensor:
         diff = (expl.flatten(2).double() - ref[grp][:, None]).norm(dim=2)
         return diff / ref_norm[grp, None]
 
-    ctx.cache[key] = explain_perturbed(ctx, name, nj, _noise_perturb(ctx, name, nj, uniform), relative_change)
+    ctx.cache[key] = explain_perturbed(ctx, name, nj, _noise_perturb(ctx, nj, noise), relative_change)
     return ctx.cache[key]
 
 
@@ -80,6 +78,7 @@ def sensitivities(ctx: MetricContext, n_perturbations: int, radius: float) -> Te
     higher_is_better=False,
     defaults={"n_perturbations": 16, "radius": 0.05},
     cost_explain=lambda p: p["n_perturbations"],
+    version=2,
     description="max_j ‖a(x) − a(x'_j)‖ / ‖a(x)‖, x'_j = x + U(−r, r) element-wise (Yeh 2019).",
 )
 def max_sensitivity(ctx: MetricContext, n_perturbations: int, radius: float) -> Tensor:
@@ -102,6 +101,7 @@ def max_sensitivity(ctx: MetricContext, n_perturbations: int, radius: float) -> 
     higher_is_better=False,
     defaults={"n_perturbations": 16, "radius": 0.05},
     cost_explain=lambda p: 0,
+    version=2,
     shares_draws_with="max_sensitivity",
     description="mean_j of max_sensitivity's S_j over the same draws (0 extra cost when both run).",
 )
@@ -120,6 +120,7 @@ def avg_sensitivity(ctx: MetricContext, n_perturbations: int, radius: float) -> 
     higher_is_better=False,
     defaults={"n_perturbations": 16, "sigma": 0.025},
     cost_explain=lambda p: p["n_perturbations"],
+    version=2,
     description="max_j ‖â(x) − â(x'_j)‖₂ / ‖x − x'_j‖₂, x'_j = x + N(0, σ²), â max-normalised (Alvarez-Melis 2018).",
 )
 def local_lipschitz_estimate(ctx: MetricContext, n_perturbations: int, sigma: float) -> Tensor:
@@ -138,8 +139,8 @@ def local_lipschitz_estimate(ctx: MetricContext, n_perturbations: int, sigma: fl
     sd = positive_float(name, "sigma", sigma)
     ref = normalise_by_max(ctx.attributions).flatten(1)
 
-    def gaussian(gen: torch.Generator, shape: tuple[int, ...]) -> Tensor:
-        return torch.randn(*shape, generator=gen) * sd
+    def gaussian(ids: Tensor, shape: tuple[int, ...]) -> Tensor:
+        return normal(ctx.seed, name, ids, shape).mul_(sd)
 
     def lipschitz(grp: slice, expl: Tensor, noise: Tensor) -> Tensor:
         g = grp.stop - grp.start
@@ -147,7 +148,7 @@ def local_lipschitz_estimate(ctx: MetricContext, n_perturbations: int, sigma: fl
         den = noise.double().flatten(2).norm(dim=2) + 1e-10
         return (num / den).amax(dim=1)
 
-    return explain_perturbed(ctx, name, nj, _noise_perturb(ctx, name, nj, gaussian), lipschitz)
+    return explain_perturbed(ctx, name, nj, _noise_perturb(ctx, nj, gaussian), lipschitz)
 
 
 def _shift_horizontal(x: Tensor, t: int, fill: float) -> Tensor:

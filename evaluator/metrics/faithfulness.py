@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from sclzoo.errors import ConfigError
-from sclzoo.evaluator.seeding import per_sample_draws
+from sclzoo.evaluator.seeding import normal, random_subsets
 from sclzoo.zoo.augment import grid_cells
 
 from .base import (
@@ -39,6 +39,7 @@ __all__ = ["deletion_auc", "faithfulness_correlation", "flip_curve", "infidelity
     higher_is_better=True,
     defaults={"n_draws": 100, "subset_size": None, "baseline": 0.0},
     cost_forward=lambda p: 1 + p["n_draws"],
+    version=2,
     description="Pearson over random pixel subsets S of Σ_S m and f_y(x) − f_y(x_{S←b}) (Bhatt 2020).",
 )
 def faithfulness_correlation(
@@ -63,29 +64,24 @@ def faithfulness_correlation(
     if k > d:
         raise ConfigError(f"{name}: subset_size={k} exceeds the {d} pixels of a {h}×{w} image; lower it.")
 
-    # top-k of iid uniforms is a uniformly random k-subset, one vectorised call per sample.
-    (subsets,) = per_sample_draws(
-        ctx.seed,
-        name,
-        ctx.ids(),
-        lambda g: (torch.rand(r, d, generator=g).topk(k, dim=1).indices,),
-        ctx.x.device,
-    )  # (N, R, k)
+    ids = ctx.device_ids()
     m = pixel_map(ctx.attributions).reshape(n, d).double()
-    s = m.gather(1, subsets.reshape(n, r * k)).reshape(n, r, k).sum(dim=2)  # (N, R)
     clean = clean_target_logit(ctx)
 
-    def perturb(grp: slice) -> tuple[Tensor, None]:
+    def perturb(grp: slice) -> tuple[Tensor, Tensor]:
         g = grp.stop - grp.start
+        subsets = random_subsets(ctx.seed, name, ids[grp], r, k, d)  # (G, R, k), one call per group
         masks = torch.zeros(g * r, d, dtype=torch.bool, device=ctx.x.device)
-        masks.scatter_(1, subsets[grp].reshape(g * r, k), True)
+        masks.scatter_(1, subsets.reshape(g * r, k), True)
         xs = repeat_rows(ctx.x[grp], r)
-        return torch.where(masks.view(g * r, 1, h, w), torch.full_like(xs, baseline), xs), None
+        return torch.where(masks.view(g * r, 1, h, w), torch.full_like(xs, baseline), xs), subsets
 
-    def drop(grp: slice, out: Tensor, _: None) -> Tensor:
-        return clean[grp, None] - out
+    def correlation(grp: slice, out: Tensor, subsets: Tensor) -> Tensor:
+        g = grp.stop - grp.start
+        s = m[grp].gather(1, subsets.reshape(g, r * k)).reshape(g, r, k).sum(dim=2)  # (G, R)
+        return pearson(s, clean[grp, None] - out)
 
-    return pearson(s, forward_perturbed(ctx, r, perturb, drop, "logit"))
+    return forward_perturbed(ctx, r, perturb, correlation, "logit")
 
 
 def pixel_ranks(ctx: MetricContext) -> Tensor:
@@ -181,6 +177,7 @@ def insertion_auc(ctx: MetricContext, steps: int, baseline: float) -> Tensor:
     higher_is_better=False,
     defaults={"n_perturbations": 16, "sigma": 0.05, "normalize": False},
     cost_forward=lambda p: p["n_perturbations"] + 1,
+    version=2,
     description="mean_j (I_jᵀa − (f_y(x) − f_y(x − I_j)))², I_j ~ N(0, σ²) per element (Yeh 2019, captum).",
 )
 def infidelity(ctx: MetricContext, n_perturbations: int, sigma: float, normalize: bool) -> Tensor:
@@ -201,15 +198,10 @@ def infidelity(ctx: MetricContext, n_perturbations: int, sigma: float, normalize
     sd = positive_float(name, "sigma", sigma)
     _, c, h, w = ctx.x.shape
     clean = clean_target_logit(ctx)
+    ids = ctx.device_ids()
 
     def perturb(grp: slice) -> tuple[Tensor, Tensor]:
-        (noise,) = per_sample_draws(
-            ctx.seed,
-            name,
-            ctx.ids()[grp],
-            lambda gen: (torch.randn(nj, c, h, w, generator=gen) * sd,),
-            ctx.x.device,
-        )  # (G, n, C, H, W)
+        noise = normal(ctx.seed, name, ids[grp], (nj, c, h, w)).mul_(sd)  # (G, n, C, H, W)
         return (ctx.x[grp][:, None] - noise).reshape(-1, c, h, w), noise
 
     def squared_error(grp: slice, out: Tensor, noise: Tensor) -> Tensor:

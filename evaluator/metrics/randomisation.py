@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from sclzoo.errors import ConfigError
-from sclzoo.evaluator.seeding import per_sample_draws, sample_generator, stable_seed
+from sclzoo.evaluator.seeding import randint, sample_generator, stable_seed
 
 from .base import (
     MetricContext,
@@ -87,7 +87,7 @@ def mprt_last(ctx: MetricContext) -> Tensor:
     def explain_random(x: Tensor, target: Tensor, ids: Tensor) -> Tensor:
         return explain_with(rand_model, x, target, ids)
 
-    rand_attr = explain_rows(explain_random, ctx.x, ctx.target, ctx.ids().to(ctx.x.device), ctx.batch_size)
+    rand_attr = explain_rows(explain_random, ctx.x, ctx.target, ctx.device_ids(), ctx.batch_size)
     m = pixel_map(ctx.attributions).abs().reshape(n, -1)
     m_rand = pixel_map(rand_attr).abs().reshape(n, -1)
     return spearman(m, m_rand)
@@ -100,10 +100,11 @@ def mprt_last(ctx: MetricContext) -> Tensor:
     defaults={"window": 11, "sigma": 1.5},
     cost_forward=lambda p: 1,
     cost_explain=lambda p: 1,
+    version=2,
     description="SSIM between |m| for y and |m| for a random other class ŷ ≠ y (Sixt 2020).",
 )
 def random_logit(ctx: MetricContext, window: int, sigma: float) -> Tensor:
-    """SSIM(|m_y|, |m_ŷ|) with ŷ drawn uniformly among the other classes from the sample's generator.
+    """SSIM(|m_y|, |m_ŷ|) with ŷ drawn uniformly among the other classes, one draw per sample.
 
     Args:
         ctx: Batch context with ``explain``; the number of classes is read from the model's logits.
@@ -120,10 +121,8 @@ def random_logit(ctx: MetricContext, window: int, sigma: float) -> Tensor:
     n_classes = clean_logits(ctx).shape[1]
     if n_classes < 2:
         raise ConfigError(f"{name} needs a model with at least 2 classes; this one has {n_classes}.")
-    ids = ctx.ids()
-    (offset,) = per_sample_draws(
-        ctx.seed, name, ids, lambda g: (torch.randint(n_classes - 1, (), generator=g),), ctx.x.device
-    )
+    ids = ctx.device_ids()
+    offset = randint(ctx.seed, name, ids, (), n_classes - 1)  # (N,)
     other = (ctx.target + 1 + offset) % n_classes  # uniform over the n_classes − 1 classes ≠ y
-    other_attr = explain_rows(explain, ctx.x, other, ids.to(ctx.x.device), ctx.batch_size)
+    other_attr = explain_rows(explain, ctx.x, other, ids, ctx.batch_size)
     return ssim(pixel_map(ctx.attributions).abs(), pixel_map(other_attr).abs(), window=win, sigma=sd)
