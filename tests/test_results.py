@@ -38,7 +38,7 @@ def test_result_has_artifact_fields(result_file: Path) -> None:
     assert d["dataset"] == {**d["dataset"], "id": "mnist5k", "split": "test", "n_total": 1000, "n_evaluated": 6,
                             "input_range": [0, 1]}
     assert d["config"]["target"] == "predicted" and d["config"]["methods"]["integrated_gradients"]["n_steps"] == 32
-    assert d["config"]["metrics"]["faithfulness_correlation"]["version"] == 1
+    assert d["config"]["metrics"]["faithfulness_correlation"]["version"] == 2
     # The path is results/<org>__<name>/<commit_sha>/<config_hash>.json
     assert result_file.stem == d["config_hash"] and result_file.parent.name == m["commit_sha"]
     assert result_file.parent.parent.name == "local__resnet8_cifar.ce_mnist5k"
