@@ -2,7 +2,9 @@
 
 For each batch of images the runner explains the target logit once per method, then hands the same
 attributions to every metric through one :class:`~sclzoo.evaluator.metrics.MetricContext` per (method, batch), so
-work shared between metrics (clean logits, sensitivity draws, pixel orderings) is done once.
+work shared between metrics (clean logits, sensitivity draws, pixel orderings) is done once, and work shared by the
+whole run (the randomised model of ``mprt_last``) once per run. A batch's scores stay on the device until the
+batch is done and then come to the host in one copy; nothing inside a batch waits for the device.
 
 A batch is also the unit of checkpointing and of scale-out: the caller gets every finished batch through
 ``on_batch`` (to save it), can hand finished batches back through ``done_batches`` (to resume), and can ask for one
@@ -27,7 +29,7 @@ from tqdm.auto import tqdm
 from sclzoo.errors import ConfigError, ModelLoadError
 from sclzoo.evaluator.attributions import METHODS, attribute, method_passes
 from sclzoo.evaluator.config import EvalConfig
-from sclzoo.evaluator.metrics import METRICS, MetricContext, compute, metric_cost
+from sclzoo.evaluator.metrics import METRICS, MetricContext, compute_on_device, metric_cost
 from sclzoo.evaluator.seeding import stable_seed
 from sclzoo.registry import check_params
 from sclzoo.vocab import SELECTIONS
@@ -332,6 +334,37 @@ def _explainer(method: str, params: dict[str, Any], seed: int, extra: dict[str, 
     return explain_with
 
 
+class _Stopwatch:
+    """Seconds per key without making the host wait for the device: CUDA events on a GPU, read by :meth:`flush`
+    once the batch's copy to the host has synchronised; ``time.perf_counter`` elsewhere."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.totals: dict[str, float] = {}
+        self._pending: list[tuple[str, Any, Any]] = []
+
+    def start(self) -> Any:
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def stop(self, key: str, started: Any) -> None:
+        if not self.cuda:
+            self.totals[key] = self.totals.get(key, 0.0) + time.perf_counter() - started
+            return
+        end = torch.cuda.Event(enable_timing=True)
+        end.record()
+        self._pending.append((key, started, end))
+
+    def flush(self) -> None:
+        """Adds the recorded CUDA intervals (call after the device caught up, e.g. after a copy to the host)."""
+        for key, begin, end in self._pending:
+            self.totals[key] = self.totals.get(key, 0.0) + begin.elapsed_time(end) / 1000.0
+        self._pending.clear()
+
+
 @torch.no_grad()
 def _logits(model: nn.Module, images: Tensor, batch_size: int, device: torch.device) -> Tensor:
     out = [model(images[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(images), batch_size)]
@@ -444,7 +477,8 @@ def run_evaluation(
     bar = tqdm(total=total, desc="evaluate", unit="pass", unit_scale=True, disable=not progress,
                dynamic_ncols=True, smoothing=0,
                bar_format="{l_bar}{bar}| {percentage:3.0f}% [{elapsed}<{remaining}{postfix}]")
-    timings: dict[str, float] = {}
+    watch = _Stopwatch(device)
+    shared: dict[Any, Any] = {}  # the run's shared work (MetricContext.shared)
     available = {"baseline_pool": baseline_pool}
     explainers = {method: _explainer(method, params, cfg.seed, _method_inputs(method, available, device) or {})
                   for method, params in methods.items()}
@@ -452,18 +486,18 @@ def run_evaluation(
     for start in todo:
         sl = slice(start, min(n, start + cfg.batch_size))
         xb = images[sl].to(device)
-        tb, ids = targets[sl].to(device), sample_ids[sl]
+        tb, ids = targets[sl].to(device), sample_ids[sl].to(device)
         mb = masks[sl].to(device) if masks is not None else None
-        batch_scores: dict[str, dict[str, np.ndarray]] = {}
-        batch_maps: dict[str, np.ndarray] = {}
+        on_device: list[tuple[str, str, Tensor]] = []  # (method, metric, scores): copied to the host at the end
+        maps_on_device: dict[str, Tensor] = {}
         for method, explain_with in explainers.items():
             bar.set_postfix_str(f"{method} · attributions")
-            t0 = time.perf_counter()
+            t0 = watch.start()
             a = explain_with(model, xb, tb, ids)
-            timings[method] = timings.get(method, 0.0) + time.perf_counter() - t0
+            watch.stop(method, t0)
             bar.update((sl.stop - sl.start) * explain_cost[method])
             if start < n_example_maps:
-                batch_maps[method] = a[: n_example_maps - start].sum(1).float().cpu().numpy()
+                maps_on_device[method] = a[: n_example_maps - start].sum(1).float()
 
             def explain(x: Tensor, t: Tensor, s: Tensor, _m: nn.Module = model,
                         _e: Callable[..., Tensor] = explain_with) -> Tensor:
@@ -480,17 +514,20 @@ def run_evaluation(
             ctx = MetricContext(model=model, x=xb, target=tb, attributions=a, explain=explain, sample_ids=ids,
                                 seed=cfg.seed, batch_size=cfg.batch_size, explain_with=explain_with,
                                 forward=forward_logits, forward_threads=forward_threads, progress=report,
-                                mask=mb)
-            batch_scores[method] = {}
+                                mask=mb, shared=shared)
             for name, p in metrics.items():
                 bar.set_postfix_str(f"{method} · {name}")
-                t0 = time.perf_counter()
+                t0 = watch.start()
                 reported[0] = 0
-                s = compute(name, ctx, **{k: v for k, v in p.items() if k != "version"})
-                key = f"{method}/{name}"
-                timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
-                batch_scores[method][name] = s.detach().cpu().numpy().astype(np.float64)
+                on_device.append((method, name, compute_on_device(name, ctx, **call_params(p))))
+                watch.stop(f"{method}/{name}", t0)
                 bar.update(max(0, (sl.stop - sl.start) * unit[(method, name)] - reported[0]))
+        host = torch.stack([s for _, _, s in on_device]).cpu().numpy()  # the batch's one copy of its scores
+        batch_scores: dict[str, dict[str, np.ndarray]] = {method: {} for method in explainers}
+        for (method, name, _), row in zip(on_device, host, strict=True):
+            batch_scores[method][name] = row.astype(np.float64)
+        batch_maps = {method: m.cpu().numpy() for method, m in maps_on_device.items()}
+        watch.flush()
         batches[start] = BatchResult(start, batch_scores, batch_maps)
         if on_batch is not None:
             on_batch(batches[start])
@@ -504,7 +541,7 @@ def run_evaluation(
         scores=scores,
         accuracy=accuracy,
         example_maps=maps,
-        timings={k: round(v, 4) for k, v in timings.items()},
+        timings={k: round(v, 4) for k, v in watch.totals.items()},
         batches=dict(sorted(batches.items())),
         missing=missing,
     )

@@ -4,13 +4,19 @@ the config hash, and the parts of GPU work that can be checked on a CPU."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
+import numpy as np
+import pytest
+import torch
+from helpers import conv_net, images
+from torch import nn
 
-from sclzoo.evaluator.attributions import METHODS
+from sclzoo.evaluator.attributions import METHODS, attribute
 from sclzoo.evaluator.config import EvalConfig, build_config
-from sclzoo.evaluator.metrics import METRICS
-from sclzoo.evaluator.runner import call_params, resolve_specs
+from sclzoo.evaluator.metrics import METRICS, MetricContext, compute, compute_on_device, randomisation
+from sclzoo.evaluator.runner import call_params, resolve_specs, run_evaluation
 
 REPO = Path(__file__).resolve().parent.parent
 DRAWING_METRICS = ("faithfulness_correlation", "infidelity", "max_sensitivity", "avg_sensitivity",
@@ -55,3 +61,97 @@ def test_committed_results_of_unchanged_methods_keep_their_config_hash() -> None
         doc = json.loads(f.read_text())
         assert doc["config"]["methods"] == methods, f
         assert EvalConfig.hash_of(doc["config"]) == doc["config_hash"] == f.stem, f
+
+
+# --------------------------------------------------------------------------------------------------------------
+# No repeated model work, no host round trips inside a batch
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _run(model: nn.Module, batch_size: int, **kw: object) -> object:
+    x = images(6, seed=4)
+    cfg = EvalConfig(n_samples=6, methods=("saliency", "gradcam"), metrics=("mprt_last", "sparseness", "random_logit"),
+                     batch_size=batch_size, seed=5)
+    return run_evaluation(model, x, torch.tensor([0, 1, 2, 0, 1, 2]), torch.arange(30, 36), cfg,
+                          device=torch.device("cpu"), progress=False, **kw)
+
+
+def test_the_randomised_model_is_made_once_per_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = randomisation.randomised_copy
+
+    def counted(model: nn.Module, seed: int) -> nn.Module:
+        calls.append(seed)
+        return real(model, seed)
+
+    monkeypatch.setattr(randomisation, "randomised_copy", counted)
+    model = conv_net()
+    three_batches = _run(model, batch_size=2)  # 3 batches x 2 methods: one copy, not six
+    assert calls == [5]
+    one_batch = _run(model, batch_size=6)
+    assert calls == [5, 5]  # a new run makes its own
+    for method in ("saliency", "gradcam"):
+        for metric in ("mprt_last", "sparseness", "random_logit"):
+            np.testing.assert_allclose(three_batches.scores[method][metric],  # type: ignore[attr-defined]
+                                       one_batch.scores[method][metric], rtol=1e-6, atol=1e-9)
+
+
+def test_a_context_without_a_shared_store_keeps_the_copy_for_itself(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = randomisation.randomised_copy
+    monkeypatch.setattr(randomisation, "randomised_copy", lambda m, s: calls.append(s) or real(m, s))
+    model, x, t = conv_net(), images(3), torch.tensor([0, 1, 2])
+
+    def explain_with(m: nn.Module, xx: torch.Tensor, tt: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return attribute("saliency", m, xx, tt)
+
+    a = attribute("saliency", model, x, t)
+    shared: dict = {}
+    for _ in range(2):  # two batches sharing a store: one copy
+        compute("mprt_last", MetricContext(model=model, x=x, target=t, attributions=a, explain_with=explain_with,
+                                           shared=shared))
+    assert len(calls) == 1
+    other = conv_net()  # another model in the same store gets its own copy
+    compute("mprt_last", MetricContext(model=other, x=x, target=t, attributions=a, explain_with=explain_with,
+                                       shared=shared))
+    assert len(calls) == 2
+    for _ in range(2):  # no store: one copy per context, as before
+        compute("mprt_last", MetricContext(model=model, x=x, target=t, attributions=a, explain_with=explain_with))
+    assert len(calls) == 4
+
+
+def test_compute_on_device_is_compute_without_the_copy() -> None:
+    model, x, t = conv_net(), images(4), torch.tensor([0, 1, 2, 0])
+    a = attribute("saliency", model, x, t)
+    ctx = MetricContext(model=model, x=x, target=t, attributions=a, sample_ids=torch.arange(4))
+    on_device = compute_on_device("faithfulness_correlation", ctx, n_draws=8)
+    assert on_device.dtype == torch.float64 and on_device.device == x.device
+    assert torch.equal(on_device, compute("faithfulness_correlation", ctx, n_draws=8))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_metrics_do_not_wait_for_the_gpu() -> None:
+    """CUDA's sync debug mode warns on every host synchronisation (.item(), .cpu(), nonzero, a pageable copy):
+    the drawing and forward-only metrics make none while they compute a batch."""
+    model = conv_net().cuda()
+    x, t = images(8, seed=2).cuda(), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]).cuda()
+    a = attribute("saliency", model, x, t)
+    ids = torch.arange(8).cuda()
+
+    def explain(xx: torch.Tensor, tt: torch.Tensor, ii: torch.Tensor) -> torch.Tensor:
+        return attribute("saliency", model, xx, tt, sample_ids=ii)
+
+    ctx = MetricContext(model=model, x=x, target=t, attributions=a, explain=explain, sample_ids=ids, batch_size=32)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            for name in ("faithfulness_correlation", "infidelity", "deletion_auc", "max_sensitivity",
+                         "local_lipschitz_estimate"):
+                compute_on_device(name, ctx, **({"n_draws": 16} if name == "faithfulness_correlation" else {}))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    syncs = [str(w.message) for w in seen if "synchroniz" in str(w.message).lower()]
+    assert not syncs, syncs[:3]

@@ -39,6 +39,7 @@ __all__ = [
     "clean_logits",
     "clean_target_logit",
     "compute",
+    "compute_on_device",
     "explain_perturbed",
     "explain_rows",
     "forward_perturbed",
@@ -94,6 +95,9 @@ class MetricContext:
             done, for progress bars; ``None`` = not reported.
         mask: (N, H, W) bool ground truth of where each sample's class evidence is (a dataset's ``box`` or
             ``ink`` mask), for the localisation metrics; ``None`` when the dataset has none.
+        shared: Work shared by every context of one run, whatever the batch or method (the randomised model of
+            ``mprt_last``, built once per model, device and seed): the runner hands the same dict to all its
+            contexts. ``None`` keeps such work in ``cache`` (once per context).
     """
 
     model: nn.Module
@@ -110,6 +114,7 @@ class MetricContext:
     forward_threads: int | None = None
     progress: Callable[[int, int], None] | None = None
     mask: Tensor | None = None
+    shared: dict[Any, Any] | None = None
 
     def logits(self, x: Tensor) -> Tensor:
         """Logits of a batch through the forward-only path (``forward`` when set, else ``model``)."""
@@ -249,7 +254,8 @@ def _check_context(ctx: MetricContext) -> None:
 
 
 def compute(name: str, ctx: MetricContext, **params: Any) -> Tensor:
-    """Scores of metric ``name`` for every sample of ``ctx``.
+    """Scores of metric ``name`` for every sample of ``ctx``, on the CPU (:func:`compute_on_device` keeps them
+    where they were computed).
 
     Args:
         name: Registered metric name (``sclzoo ls metrics``).
@@ -263,13 +269,19 @@ def compute(name: str, ctx: MetricContext, **params: Any) -> Tensor:
         UnknownNameError: ``name`` is not registered.
         ConfigError: a parameter is unknown or invalid, or the context lacks what the metric needs.
     """
+    return compute_on_device(name, ctx, **params).to("cpu")
+
+
+def compute_on_device(name: str, ctx: MetricContext, **params: Any) -> Tensor:
+    """:func:`compute`'s scores as an (N,) float64 tensor on ``ctx.x``'s device, with no copy to the host: a runner
+    copies a whole batch's scores at once."""
     spec = METRICS.get(name)
     resolved = _resolve(spec, params)
     _check_context(ctx)
     threads = ctx.forward_threads if ctx.forward is not None and spec.cost_explain(resolved) == 0 else None
     with torch_threads(threads):
         scores = spec.fn(ctx, **resolved)
-    return scores.detach().to("cpu", torch.float64)
+    return scores.detach().to(ctx.x.device, torch.float64)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -72,16 +72,20 @@ def randomised_copy(model: nn.Module, seed: int) -> nn.Module:
 def mprt_last(ctx: MetricContext) -> Tensor:
     """Spearman rank correlation (average ranks for ties) between |m| and the |m'| of the randomised model.
 
-    The randomised model comes from :func:`randomised_copy` with ``ctx.seed`` and is built once per context.
+    The randomised model comes from :func:`randomised_copy` with ``ctx.seed``; it is built once per model, device
+    and seed in ``ctx.shared`` (once per run under the runner), else once per context.
 
     Returns:
         (N,) float64 in [−1, 1]; lower is better; NaN where either map is constant.
     """
     explain_with = needs(ctx, "explain_with", "mprt_last")
-    key = ("randomised_model", ctx.seed)
-    if key not in ctx.cache:
-        ctx.cache[key] = randomised_copy(ctx.model, ctx.seed)
-    rand_model = ctx.cache[key]
+    store = ctx.cache if ctx.shared is None else ctx.shared
+    device = next((p.device for p in ctx.model.parameters()), torch.device("cpu"))
+    key = ("randomised_model", id(ctx.model), str(device), ctx.seed)
+    held = store.get(key)
+    if held is None or held[0] is not ctx.model:  # the model object itself is kept, so an id is never reused
+        held = store[key] = (ctx.model, randomised_copy(ctx.model, ctx.seed))
+    rand_model = held[1]
     n = ctx.x.shape[0]
 
     def explain_random(x: Tensor, target: Tensor, ids: Tensor) -> Tensor:
