@@ -25,7 +25,7 @@ help:
 	@echo "make demo      evaluate the bundled zoo on $(N) MNIST-5k test images and print the leaderboard"
 	@echo "make test      the unit tier (needs neither chromium nor olah); README: Development"
 	@echo "make test-integration  CLI end to end, loopback Hub (builds $(OLAH_VENV)), browser, jobs, leaderboard updates"
-	@echo "make test-reference    agreement with Quantus and captum"
+	@echo "make test-reference    agreement with Quantus, captum and MetaQuantus"
 	@echo "make test-slow the slow tests (training, torchrun)"
 	@echo "make test-all  every tier in one run"
 	@echo "make lint      ruff + mypy"
@@ -135,3 +135,4 @@ clean:
 bench: install
 	$(BIN)/python bench/bench_metrics.py --out build/bench
 	$(BIN)/python bench/bench_contention.py --out build/bench
+	$(BIN)/python bench/bench_meta.py --out build/bench

@@ -25,7 +25,7 @@ try:
 except metadata.PackageNotFoundError:  # pragma: no cover - running from a plain checkout
     __version__ = "0.0.0"
 
-__all__ = ["evaluate", "load_model", "__version__"]
+__all__ = ["evaluate", "meta_evaluate", "load_model", "__version__"]
 
 
 def evaluate(model: Any, **kwargs: Any) -> Any:
@@ -33,6 +33,14 @@ def evaluate(model: Any, **kwargs: Any) -> Any:
     from sclzoo.evaluator.api import evaluate as _evaluate
 
     return _evaluate(model, **kwargs)
+
+
+def meta_evaluate(model: Any, **kwargs: Any) -> Any:
+    """How far each metric can be trusted on one model (MC, IAC, IEC); see
+    :func:`sclzoo.evaluator.meta.meta_evaluate`."""
+    from sclzoo.evaluator.meta import meta_evaluate as _meta_evaluate
+
+    return _meta_evaluate(model, **kwargs)
 
 
 def load_model(ref: str, revision: str | None = None) -> Any:
