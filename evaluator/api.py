@@ -60,7 +60,7 @@ from sclzoo.evaluator.runner import (
     select_samples,
 )
 from sclzoo.evaluator.seeding import deterministic_algorithms
-from sclzoo.zoo.distributed import DistInfo, barrier, init_distributed, shutdown
+from sclzoo.zoo.distributed import DistInfo, agree_min, barrier, init_distributed, shutdown
 
 __all__ = ["Result", "EvalPlan", "evaluate", "baseline_pool_for", "build_config", "dry_run", "explain", "plan"]
 
@@ -169,11 +169,6 @@ def evaluate(
     resolved, loaded, dplan = ep.resolved, ep.loaded, ep.data
     images, labels, ids, indices_sha, canonical = ep.images, ep.labels, ep.ids, ep.indices_sha, ep.canonical
     config_hash = ep.config_hash
-    if cfg.batch_size == "auto":
-        from sclzoo.evaluator.runner import auto_batch_size
-
-        cfg = cfg.replace(batch_size=auto_batch_size(loaded.model, images, methods, dev))
-        canonical = {**canonical, "batch_size": cfg.batch_size}  # execution only: the hash is unchanged
     path = result_path(out, resolved.repo_id, resolved.commit_sha, config_hash) if out is not None else None
     if path is not None and path.is_file() and not force:  # under torchrun every process returns here
         found_doc = read_result(path)
@@ -190,6 +185,9 @@ def evaluate(
     try:
         if info.enabled and dev.type == "cuda":
             dev = torch.device("cuda", info.local_rank)
+        if cfg.batch_size == "auto":  # measured now: the process group is up and dev is this process's device
+            cfg = cfg.replace(batch_size=_auto_batch_size(ep, cfg, dev, info))
+            canonical = {**canonical, "batch_size": cfg.batch_size}  # execution only: the hash is unchanged
         meta = {"config_hash": config_hash, "model_commit": resolved.commit_sha, "n_samples": cfg.n_samples,
                 "indices_sha256": indices_sha, "batch_size": cfg.batch_size, "methods": list(methods),
                 "metrics": list(metrics)}
@@ -204,6 +202,18 @@ def evaluate(
     finally:
         if own_group:
             shutdown(info)
+
+
+def _auto_batch_size(ep: EvalPlan, cfg: EvalConfig, dev: torch.device, info: DistInfo) -> int:
+    """``--batch-size auto`` measured on this process's device with every selected method (expected_gradients
+    with its baseline pool) and metric; under torchrun every process takes the smallest choice of all, so that
+    they deal out the same batches."""
+    from sclzoo.evaluator.runner import auto_batch_size
+
+    pool = baseline_pool_for(ep.data, ep.loaded, list(ep.methods), cfg.seed)
+    chosen = auto_batch_size(ep.loaded.model, ep.images, ep.methods, dev, baseline_pool=pool, metrics=ep.metrics,
+                             seed=cfg.seed, masks=ep.masks)
+    return agree_min(chosen, info)
 
 
 @dataclass(frozen=True)
@@ -689,7 +699,7 @@ def _run(job: _Job, dev: torch.device, info: DistInfo, done: dict[int, BatchResu
     data, dataset_id = plan.data, plan.dataset_id
     images, labels, ids, methods, path = job.images, job.labels, job.ids, job.methods, job.path
     canonical, config_hash, indices_sha = job.canonical, job.config_hash, job.indices_sha
-    baseline_pool = baseline_pool_for(plan, loaded, methods, cfg.seed)
+    baseline_pool = baseline_pool_for(plan, loaded, list(methods), cfg.seed)
     runtime = None
     acc_onnx = None
     if cfg.runtime == "onnx":

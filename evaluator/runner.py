@@ -242,12 +242,17 @@ def _method_inputs(method: str, available: dict[str, Tensor | None], device: tor
 
 
 def auto_batch_size(model: nn.Module, images: Tensor, methods: dict[str, dict[str, Any]], device: torch.device,
-                    *, cpu_default: int = 64, cap: int = 1024, baseline_pool: Tensor | None = None) -> int:
-    """The ``--batch-size auto`` choice.
+                    *, cpu_default: int = 64, cap: int = 1024, baseline_pool: Tensor | None = None,
+                    metrics: Mapping[str, Mapping[str, Any]] | None = None, seed: int = 0,
+                    masks: Tensor | None = None) -> int:
+    """The ``--batch-size auto`` choice for ``device`` (call it on the device the run will use: under torchrun,
+    after the process group is up, on the process's own GPU).
 
     On CPU: ``cpu_default`` (larger batches are no faster on a CPU; measured in README.md, "Speed"). On CUDA:
-    explains a probe batch of up to 8 images with every selected method, measures the peak memory per image and
-    picks :func:`choose_batch_size` of the free memory.
+    explains a probe batch of up to 8 images with every selected method (``expected_gradients`` with
+    ``baseline_pool``) and scores it with every selected metric (``metrics``, resolved parameters; their
+    perturbation stacks, draws and re-explanations run in chunks of the probe's size, as they run in chunks of the
+    batch size in a run), measures the peak memory per image and picks :func:`choose_batch_size` of the free memory.
     """
     if device.type != "cuda":
         return cpu_default
@@ -256,18 +261,34 @@ def auto_batch_size(model: nn.Module, images: Tensor, methods: dict[str, dict[st
     model = model.to(device).eval()
     with torch.no_grad():
         target = model(x).argmax(1)
+    mask = masks[:n].to(device) if masks is not None else None
     torch.cuda.synchronize(device)
     torch.cuda.empty_cache()
     base = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
-    ids = torch.arange(n)
+    ids = torch.arange(n, device=device)
+    shared: dict[Any, Any] = {}
     for method, params in methods.items():
         extra = _method_inputs(method, {"baseline_pool": baseline_pool}, device)
         if extra is None:  # a needed input is not available here
             continue
-        attribute(method, model, x, target, sample_ids=ids, **call_params(params), **extra)
+        explain_with = _explainer(method, dict(params), seed, extra)
+        a = explain_with(model, x, target, ids)
+
+        def explain(xx: Tensor, tt: Tensor, ii: Tensor, _e: Callable[..., Tensor] = explain_with) -> Tensor:
+            return _e(model, xx, tt, ii)
+
+        ctx = MetricContext(model=model, x=x, target=target, attributions=a, explain=explain, sample_ids=ids,
+                            seed=seed, batch_size=n, explain_with=explain_with, mask=mask, shared=shared)
+        for name, p in (metrics or {}).items():
+            if METRICS.get(name).needs_mask and mask is None:
+                continue
+            compute_on_device(name, ctx, **call_params(p))
+        del a, ctx
     torch.cuda.synchronize(device)
     peak = torch.cuda.max_memory_allocated(device) - base
+    shared.clear()
+    torch.cuda.empty_cache()
     free, _ = torch.cuda.mem_get_info(device)
     return choose_batch_size(peak / n, float(free), cap)
 
@@ -315,7 +336,7 @@ def onnx_runtime(onnx_file: str | Path, model: nn.Module, device: torch.device, 
     """
     from sclzoo.zoo.onnx_export import onnx_logits, onnx_session
 
-    session = onnx_session(onnx_file, device.type, threads=threads)
+    session = onnx_session(onnx_file, device, threads=threads)
 
     def forward(x: Tensor) -> Tensor:
         return onnx_logits(session, x, batch_size=batch_size)

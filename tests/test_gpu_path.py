@@ -4,6 +4,11 @@ the config hash, and the parts of GPU work that can be checked on a CPU."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -13,10 +18,12 @@ import torch
 from helpers import conv_net, images
 from torch import nn
 
+from sclzoo.evaluator.api import evaluate
 from sclzoo.evaluator.attributions import METHODS, attribute
 from sclzoo.evaluator.config import EvalConfig, build_config
 from sclzoo.evaluator.metrics import METRICS, MetricContext, compute, compute_on_device, randomisation
-from sclzoo.evaluator.runner import call_params, resolve_specs, run_evaluation
+from sclzoo.evaluator.runner import auto_batch_size, call_params, resolve_specs, run_evaluation
+from sclzoo.zoo.onnx_export import onnx_logits, onnx_providers, onnx_session
 
 REPO = Path(__file__).resolve().parent.parent
 DRAWING_METRICS = ("faithfulness_correlation", "infidelity", "max_sensitivity", "avg_sensitivity",
@@ -155,3 +162,125 @@ def test_metrics_do_not_wait_for_the_gpu() -> None:
         torch.cuda.set_sync_debug_mode("default")
     syncs = [str(w.message) for w in seen if "synchroniz" in str(w.message).lower()]
     assert not syncs, syncs[:3]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Many processes: --batch-size auto is measured after the process group is up, on the process's own device
+# --------------------------------------------------------------------------------------------------------------
+
+TORCHRUN_SCRIPT = """
+import json, os, sys
+import torch.distributed as dist
+import sclzoo
+from sclzoo.evaluator import runner
+
+model, out, log = sys.argv[1:4]
+measure = runner.auto_batch_size
+
+def probe(model, images, methods, device, **kw):
+    rank = int(os.environ["RANK"])
+    record = {"initialized": dist.is_initialized(), "world": dist.get_world_size(), "device": str(device),
+              "methods": sorted(methods), "metrics": sorted(kw["metrics"]), "pool": kw["baseline_pool"] is not None,
+              "measured": measure(model, images, methods, device, **kw)}
+    with open(os.path.join(log, f"rank{rank}.json"), "w") as f:
+        json.dump(record, f)
+    return 4 if rank == 0 else 2  # the processes measure different sizes: all must take the smallest
+
+runner.auto_batch_size = probe
+sclzoo.evaluate(model, n_samples=8, methods=["saliency", "expected_gradients"],
+                method_params={"expected_gradients": {"n_samples": 2}},
+                metrics=["sparseness", "max_sensitivity"], metric_params={"max_sensitivity": {"n_perturbations": 2}},
+                batch_size="auto", device="cpu", out=out, progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_auto_batch_size_is_measured_after_the_process_group_is_up(tmp_path: Path, bundled: dict[str, Path]) -> None:
+    script, out, log = tmp_path / "run.py", tmp_path / "results", tmp_path / "log"
+    script.write_text(TORCHRUN_SCRIPT)
+    log.mkdir()
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    assert torchrun is not None, "torchrun is installed with torch"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = subprocess.run([torchrun, "--nproc_per_node=2", f"--master_port={port}", str(script), str(bundled["ce"]),
+                        str(out), str(log)], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    for rank in (0, 1):
+        record = json.loads((log / f"rank{rank}.json").read_text())
+        assert record == {"initialized": True, "world": 2, "device": "cpu",
+                          "methods": ["expected_gradients", "saliency"], "metrics": ["max_sensitivity", "sparseness"],
+                          "pool": True, "measured": 64}, rank  # on a CPU auto stays the CPU default
+    (result,) = out.glob("*/*/*.json")
+    doc = json.loads(result.read_text())
+    assert doc["config"]["batch_size"] == 2 and doc["config"]["batch_size_auto"] is True
+    assert doc["run"]["world_size"] == 2
+    alone = evaluate(str(bundled["ce"]), n_samples=8, methods=["saliency", "expected_gradients"],
+                     method_params={"expected_gradients": {"n_samples": 2}}, metrics=["sparseness", "max_sensitivity"],
+                     metric_params={"max_sensitivity": {"n_perturbations": 2}}, batch_size=2, device="cpu",
+                     out=None, progress=False)
+    assert alone.data["config_hash"] == doc["config_hash"]
+    for method, scores in alone.data["scores"].items():
+        for metric, agg in scores.items():
+            assert doc["scores"][method][metric]["mean"] == agg["mean"], (method, metric)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# onnxruntime on the process's own GPU
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_onnx_providers_name_the_processs_gpu() -> None:
+    cuda_and_cpu = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert onnx_providers("cpu", cuda_and_cpu) == ["CPUExecutionProvider"]
+    assert onnx_providers(torch.device("cuda", 3), cuda_and_cpu) == [
+        ("CUDAExecutionProvider", {"device_id": "3"}), "CPUExecutionProvider"]
+    assert onnx_providers("cuda:1", cuda_and_cpu, stream=1234) == [
+        ("CUDAExecutionProvider", {"device_id": "1", "has_user_compute_stream": "1", "user_compute_stream": "1234"}),
+        "CPUExecutionProvider"]
+    with pytest.warns(UserWarning, match="no CUDA provider"):
+        assert onnx_providers("cuda:1", ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_onnx_runs_on_the_given_gpu_with_tensors_in_its_memory(bundled: dict[str, Path]) -> None:
+    import onnxruntime as ort
+
+    from sclzoo.zoo.hub import load_model, resolve_model
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime-gpu is not installed (pip install 'sclzoo[gpu]')")
+    gpu = torch.device("cuda", torch.cuda.device_count() - 1)  # the last GPU: not the default one when there are two
+    session = onnx_session(bundled["ce"] / "onnx" / "model.onnx", gpu)
+    assert session.get_providers()[0] == "CUDAExecutionProvider"
+    assert session.get_provider_options()["CUDAExecutionProvider"]["device_id"] == str(gpu.index)
+    model = load_model(resolve_model(str(bundled["ce"]))).model.eval().to(gpu)
+    x = images(40, h=28, seed=3).to(gpu)
+    with torch.no_grad():
+        expected = model(x)
+    got = onnx_logits(session, x, batch_size=16)  # three chunks, each bound in the GPU's memory
+    assert got.device == gpu
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    on_host = onnx_logits(session, x.cpu(), batch_size=16)
+    assert on_host.device.type == "cpu"
+    torch.testing.assert_close(on_host, expected.cpu(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_auto_batch_size_counts_the_metrics_buffers(bundled: dict[str, Path]) -> None:
+    from sclzoo.zoo.hub import load_model, resolve_model
+
+    model = load_model(resolve_model(str(bundled["ce"]))).model
+    x = images(8, h=28, seed=3)
+    methods = {"integrated_gradients": {"n_steps": 32, "baseline": 0.0, "method": "gausslegendre",
+                                        "internal_batch_size": None}}
+    metrics = resolve_specs(build_config(methods=["integrated_gradients"], metrics=[
+        "faithfulness_correlation", "max_sensitivity", "infidelity"]))[1]
+    gpu = torch.device("cuda", torch.cuda.current_device())
+    alone = auto_batch_size(model, x, methods, gpu)
+    with_metrics = auto_batch_size(model, x, methods, gpu, metrics=metrics)
+    assert 1 <= with_metrics <= alone <= 1024

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "barrier", "shutdown"]
+__all__ = ["DistInfo", "agree_min", "init_distributed", "barrier", "shutdown"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,18 @@ def init_distributed(device: torch.device) -> DistInfo:
             torch.cuda.set_device(local)
         dist.init_process_group(backend=backend)
     return DistInfo(rank=rank, world_size=world, local_rank=local)
+
+
+def agree_min(value: int, info: DistInfo) -> int:
+    """The smallest ``value`` over every process of the group (``value`` itself for one process): what all
+    processes use when each measured its own (e.g. the batch size each GPU can hold)."""
+    if not info.enabled:
+        return value
+    on_gpu = dist.get_backend() == "nccl"
+    t = torch.tensor([value], dtype=torch.long,
+                     device=torch.device("cuda", torch.cuda.current_device()) if on_gpu else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())
 
 
 def barrier(info: DistInfo) -> None:

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from sclzoo.errors import ModelLoadError
 
-__all__ = ["export_onnx", "export_onnx_checked", "onnx_session", "onnx_logits", "ONNX_TOLERANCE"]
+__all__ = ["export_onnx", "export_onnx_checked", "onnx_providers", "onnx_session", "onnx_logits", "ONNX_TOLERANCE"]
 
 ONNX_TOLERANCE = 1e-4
 OPSET = 17
@@ -39,8 +39,28 @@ def export_onnx(model: nn.Module, path: str | Path, input_size: tuple[int, int, 
     return p
 
 
-def onnx_session(path: str | Path, device: str = "cpu", threads: int | None = None) -> Any:
-    """An onnxruntime session; uses the CUDA provider for ``cuda`` when onnxruntime-gpu is installed.
+def onnx_providers(device: torch.device | str, available: list[str], stream: int | None = None) -> list[Any]:
+    """onnxruntime's providers for ``device``: on ``cuda:K`` the CUDA provider on GPU K (``cuda`` alone: PyTorch's
+    current GPU), running on PyTorch's CUDA stream ``stream`` when given (so onnxruntime's work is ordered after
+    PyTorch's without a host wait), then the CPU provider; on anything else, or without the CUDA provider in
+    ``available`` (a warning then), the CPU provider alone."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in available:
+        warnings.warn("onnxruntime has no CUDA provider (pip install 'sclzoo[gpu]'); running ONNX on the CPU",
+                      stacklevel=3)
+        return ["CPUExecutionProvider"]
+    index = dev.index if dev.index is not None else torch.cuda.current_device()
+    options: dict[str, str] = {"device_id": str(index)}
+    if stream is not None:
+        options |= {"has_user_compute_stream": "1", "user_compute_stream": str(stream)}
+    return [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
+
+
+def onnx_session(path: str | Path, device: torch.device | str = "cpu", threads: int | None = None) -> Any:
+    """An onnxruntime session on ``device``; on ``cuda:K`` the CUDA provider on GPU K when onnxruntime-gpu is
+    installed (:func:`onnx_providers`), on PyTorch's current stream of that GPU.
 
     On the CPU it runs ``threads`` intra-op threads (default: PyTorch's ``torch.get_num_threads()``) that sleep
     instead of spinning between calls: the evaluator alternates onnxruntime forwards with PyTorch work, and
@@ -53,13 +73,11 @@ def onnx_session(path: str | Path, device: str = "cpu", threads: int | None = No
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    providers = ["CPUExecutionProvider"]
-    if device.startswith("cuda"):
-        if "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        else:
-            warnings.warn("onnxruntime has no CUDA provider (pip install 'sclzoo[gpu]'); running ONNX on the CPU",
-                          stacklevel=2)
+    dev = torch.device(device)
+    stream = None
+    if dev.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+        stream = torch.cuda.current_stream(dev).cuda_stream
+    providers = onnx_providers(dev, ort.get_available_providers(), stream)
     try:
         return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors
@@ -67,14 +85,53 @@ def onnx_session(path: str | Path, device: str = "cpu", threads: int | None = No
                              "`sclzoo export`") from None
 
 
+def _cuda_device(session: Any) -> torch.device | None:
+    """The GPU a session runs on (its first provider is CUDA's), else None."""
+    if session.get_providers()[:1] != ["CUDAExecutionProvider"]:
+        return None
+    options = session.get_provider_options().get("CUDAExecutionProvider", {})
+    return torch.device("cuda", int(options.get("device_id", 0)))
+
+
 def onnx_logits(session: Any, images: Tensor, batch_size: int = 256) -> Tensor:
-    """Runs (N, C, H, W) pixels through an onnxruntime session in batches. Returns (N, K) float32 logits."""
+    """Runs (N, C, H, W) pixels through an onnxruntime session in batches. Returns (N, K) float32 logits on the
+    images' device.
+
+    A session on a GPU reads each chunk from and writes its logits to that GPU's memory (IO binding, on
+    PyTorch's stream), so no chunk goes through host memory; images on another device are moved there first.
+    """
+    gpu = _cuda_device(session)
+    if gpu is not None:
+        return _onnx_logits_on_gpu(session, images, batch_size, gpu).to(images.device)
     outs = []
     for i in range(0, images.shape[0], batch_size):
         # No copy when the chunk is already a contiguous float32 CPU tensor (the usual case).
         xb = np.ascontiguousarray(images[i : i + batch_size].detach().cpu().numpy(), dtype=np.float32)
         outs.append(torch.from_numpy(session.run(["logits"], {"pixels": xb})[0]))
     return torch.cat(outs).to(images.device)
+
+
+def _onnx_logits_on_gpu(session: Any, images: Tensor, batch_size: int, gpu: torch.device) -> Tensor:
+    """:func:`onnx_logits` through IO binding on ``gpu``: inputs and outputs are PyTorch tensors there."""
+    import onnxruntime as ort
+
+    n_classes = session.get_outputs()[0].shape[1]
+    if not isinstance(n_classes, int):
+        raise ModelLoadError("the ONNX graph's logits have no fixed class count; re-export the repo with "
+                             "`sclzoo export`, or use --runtime torch")
+    run_options = ort.RunOptions()
+    # the session runs on PyTorch's stream (onnx_session): PyTorch's later work waits for it in stream order
+    run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+    binding = session.io_binding()
+    outs = []
+    for i in range(0, images.shape[0], batch_size):
+        xb = images[i : i + batch_size].detach().to(gpu, torch.float32).contiguous()
+        out = torch.empty(xb.shape[0], n_classes, dtype=torch.float32, device=gpu)
+        binding.bind_input("pixels", "cuda", gpu.index, np.float32, tuple(xb.shape), xb.data_ptr())
+        binding.bind_output("logits", "cuda", gpu.index, np.float32, tuple(out.shape), out.data_ptr())
+        session.run_with_iobinding(binding, run_options)
+        outs.append(out)
+    return torch.cat(outs)
 
 
 def export_onnx_checked(model: nn.Module, path: str | Path, images: Tensor, labels: Tensor) -> dict[str, Any]:
