@@ -111,10 +111,12 @@ def _breakable(text: str) -> str:
     return escape(text).replace("_", "_<wbr>").replace(".", ".<wbr>")
 
 
-def _th(label: str, num: bool, title: str = "") -> str:
+def _th(label: str, num: bool, title: str = "", note: str = "") -> str:
     t = f' title="{escape(title)}"' if title else ""
     cls = "" if num else ' class="t"'
-    return f'<th data-type="{"num" if num else "text"}"{cls}{t}>{_breakable(label)}</th>'
+    # inline style: the page's CSS stays as it was for boards without notes (byte-identical pages)
+    extra = f'<span class="note" style="display:block;font-weight:400;color:#556">{escape(note)}</span>' if note else ""
+    return f'<th data-type="{"num" if num else "text"}"{cls}{t}>{_breakable(label)}{extra}</th>'
 
 
 def _frame(table_id: str, what: str, caption: str = "") -> str:
@@ -132,12 +134,12 @@ def _group_table(board: dict[str, Any], grp: dict[str, Any]) -> list[str]:
     for m in grp["metrics"]:
         arrow = "↑" if info[m]["higher_is_better"] else "↓"
         mc = None if rel is None else rel["metrics"].get(m)
-        label = f"{m} {arrow}" if mc is None else f"{m} {arrow} MC {fmt(mc['mc'])}"
         trust = "" if mc is None else (f"; MC {fmt(mc['mc'], 3)} on this zoo "
                                       f"({'reliable' if mc['reliable'] else 'not reliable'}; see the meta-evaluation "
-                                      "below)")
-        heads.append(_th(label, True, f"{info[m]['family']}, version {info[m]['version']}; "
-                                      f"{'higher' if info[m]['higher_is_better'] else 'lower'} is better{trust}"))
+                                      "below the table)")
+        heads.append(_th(f"{m} {arrow}", True, f"{info[m]['family']}, version {info[m]['version']}; "
+                                               f"{'higher' if info[m]['higher_is_better'] else 'lower'} is better{trust}",
+                         note="" if mc is None else f"MC {fmt(mc['mc'])}"))
     heads += [_th(f"mean rank {f}", True) for f in grp["families"]]
     rows = group_rows(board, grp)
     out = [_frame(f"table-{grp['id']}", f"Leaderboard table of group {grp['id']}",
@@ -426,13 +428,13 @@ def format_html(board: dict[str, Any], comparison: dict[str, Any], figures: dict
                             for m in grp["models"]) + ".</p>"]
         out += _group_table(board, grp)
         figs = figures.get(grp["id"], {})
+        out += _reliability_table(board, grp, figs.get("reliability"))
         for kind in ("distributions", "ranks", "gallery"):
             if kind == "ranks" and len(grp["models"]) == 1:
                 out += _one_model_table(board, grp)
             elif kind in figs:
                 out.append(f'<figure><img src="{escape(figs[kind])}" alt="{kind} of group {grp["id"]}" '
                            f'loading="eager"><figcaption>{escape(CAPTIONS[kind])}</figcaption></figure>')
-        out += _reliability_table(board, grp, figs.get("reliability"))
         if "gallery" not in figs:
             out.append('<p class="muted">No stored example maps for this group (results written before maps were '
                        "stored): re-evaluate with <code>--force</code> to add them.</p>")

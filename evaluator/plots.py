@@ -159,6 +159,7 @@ def reliability_figure(metrics: dict[str, dict[str, Any]], threshold: float) -> 
     ax.plot(xs, 2 * threshold - xs, ls="--", lw=0.8, color="#888")
     ax.text(0.99, 2 * threshold - 0.99 + 0.02, f"MC = {threshold:g}", ha="right", va="bottom", fontsize=6,
             color="#666")
+    labels: dict[tuple[float, float], list[str]] = {}  # metrics at (nearly) the same place share one label
     for name, v in metrics.items():
         c = colour[v["family"]]
         pts = [(m["resilience"], m["reactivity"]) for m in v.get("models", [])
@@ -170,10 +171,14 @@ def reliability_figure(metrics: dict[str, dict[str, Any]], threshold: float) -> 
         ax.scatter([v["resilience"]], [v["reactivity"]], s=46, color=c, edgecolors="black", linewidths=0.5,
                    zorder=3)
         mc = "–" if v["mc"] is None else f"{v['mc']:.2f}"
-        ax.annotate(f"{name} ({mc})", (v["resilience"], v["reactivity"]), xytext=(4, 3),
-                    textcoords="offset points", fontsize=6.5)
-    ax.set_xlim(0, 1.02)
-    ax.set_ylim(0, 1.02)
+        spot = (round(v["resilience"] / 0.03) * 0.03, round(v["reactivity"] / 0.03) * 0.03)
+        labels.setdefault(spot, []).append(f"{name} ({mc})")
+    for (x, y), names in sorted(labels.items()):
+        right = x > 0.6  # labels of points on the right go to their left, so they stay inside the axes
+        ax.annotate("\n".join(names), (x, y), xytext=(-5 if right else 5, 0), textcoords="offset points",
+                    fontsize=6.5, ha="right" if right else "left", va="center")
+    ax.set_xlim(-0.02, 1.03)
+    ax.set_ylim(-0.04, 1.05)
     ax.set_xlabel("resilience: mean of IAC_NR and IEC_NR (minor weight noise)", fontsize=7)
     ax.set_ylabel("reactivity: mean of IAC_AR and IEC_AR (disruptive noise)", fontsize=7)
     ax.tick_params(labelsize=6)
