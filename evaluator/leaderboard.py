@@ -512,7 +512,8 @@ def domain_legend(rows: list[dict[str, Any]]) -> str:
                    "its training images.")
     pixel = [m for m in recorded if m in PIXEL_DELETION]
     if pixel:
-        out.append(f"{', '.join(pixel)} delete pixels, not grid cells: out of domain for every model.")
+        verb = "deletes" if len(pixel) == 1 else "delete"
+        out.append(f"{', '.join(pixel)} {verb} pixels, not grid cells: out of domain for every model.")
     return " ".join([*out, "See docs/protocol.md#in-domain-deletion."]) if out else ""
 
 

@@ -170,7 +170,7 @@ def test_leaderboard_marks_grid_deletion_scores_out_of_domain(tmp_path: Path) ->
     # Columns: model, objective, commit, acc, deletion_auc, region_perturbation_aopc, sparseness, …
     assert supcon_cells[5].endswith("†") and not ce_cells[5].endswith("†")
     assert not supcon_cells[4].endswith("†") and not supcon_cells[6].endswith("†")  # pixels: a note, no mark
-    assert "† not in domain" in md and "deletion_auc delete pixels, not grid cells" in md
+    assert "† not in domain" in md and "deletion_auc deletes pixels, not grid cells" in md
     paths = write_leaderboard(tmp_path / "r", tmp_path / "lb")
     html = paths["html"].read_text()
     assert html.count('data-out-of-domain="region_perturbation_aopc"') == 1
