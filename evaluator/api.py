@@ -53,6 +53,7 @@ from sclzoo.evaluator.results import (
 from sclzoo.evaluator.runner import (
     BatchResult,
     EvalOutput,
+    check_precision,
     merge_batches,
     onnx_runtime,
     resolve_specs,
@@ -164,6 +165,7 @@ def evaluate(
             return Result(found[0], found[1], reused=True, is_main=rank0)
     methods, metrics = resolve_specs(cfg)  # fail on bad names before any download
     dev = resolve_device(cfg.device)
+    check_precision(cfg.precision, dev)  # fp16 on a CPU fails before anything is loaded
     ep = plan(model, cfg, device=dev, revision=revision, **request)
     memo = request_key(ep.resolved, cfg, **request) if out is not None else None
     resolved, loaded, dplan = ep.resolved, ep.loaded, ep.data
@@ -212,7 +214,7 @@ def _auto_batch_size(ep: EvalPlan, cfg: EvalConfig, dev: torch.device, info: Dis
 
     pool = baseline_pool_for(ep.data, ep.loaded, list(ep.methods), cfg.seed)
     chosen = auto_batch_size(ep.loaded.model, ep.images, ep.methods, dev, baseline_pool=pool, metrics=ep.metrics,
-                             seed=cfg.seed, masks=ep.masks)
+                             seed=cfg.seed, masks=ep.masks, precision=cfg.precision)
     return agree_min(chosen, info)
 
 

@@ -256,6 +256,9 @@ Examples:
               help="torch (default): everything in PyTorch, as loaded. onnx: the accuracy and the perturbation "
                    "metrics' forwards run the repo's onnx/model.onnx in onnxruntime, and on a CPU explanations use "
                    "PyTorch's channels_last layout (about 1.5x faster on a CPU; scores equal torch's to 1e-5).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
+              help="fp32 (default), or bf16/fp16: model forwards and explanations under autocast, attributions "
+                   "and scores accumulated in fp32 (fp16 on CUDA only; part of the config hash when not fp32).")
 @click.option("--out", "out_dir", default="results", show_default=True, type=click.Path(file_okay=False),
               help="Results root folder.")
 @click.option("--force", is_flag=True,
@@ -273,8 +276,8 @@ def evaluate_cmd(model_ref: str, revision: str | None, weights: str | None, num_
                  norm_std: str | None, preset: str | None, config_file: str | None,
                  n_samples: int | None, selection: str | None, methods: str | None, metrics: str | None,
                  dataset: str | None, split: str | None, target: str | None, mask: str | None, seed: int | None,
-                 batch_size: str | None, device: str | None, runtime: str | None, out_dir: str, force: bool,
-                 resume: bool, dry_run: bool, quiet: bool, threads: int | None) -> None:
+                 batch_size: str | None, device: str | None, runtime: str | None, precision: str | None,
+                 out_dir: str, force: bool, resume: bool, dry_run: bool, quiet: bool, threads: int | None) -> None:
     """Explain a model's predictions and score the explanations; write a result JSON.
 
     The model may be a bundled zoo model, a zoo or timm repo (folder or Hub), or a timm architecture with a
@@ -292,7 +295,7 @@ def evaluate_cmd(model_ref: str, revision: str | None, weights: str | None, num_
     cfg = build_config(None, preset if preset or config_file else "standard", config_file, n_samples=n_samples,
                        selection=selection, methods=_split(methods), metrics=_split(metrics), dataset=dataset,
                        split=split, target=target, mask=mask, seed=seed, batch_size=_batch_size(batch_size),
-                       device=device, runtime=runtime)
+                       device=device, runtime=runtime, precision=precision)
     preprocess: dict[str, Any] = {}
     if input_size is not None:
         preprocess["input_size"] = _numbers(input_size, "--input-size", int, 3)

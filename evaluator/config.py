@@ -20,6 +20,8 @@ __all__ = ["EvalConfig", "PRESETS", "build_config", "load_config_file"]
 
 TARGETS = ("predicted", "label")
 RUNTIMES = ("torch", "onnx")
+#: Arithmetic of model forwards and explanations (docs/protocol.md#precision); fp32 is the default.
+PRECISIONS = ("fp32", "bf16", "fp16")
 # Execution-only settings: they change speed, never scores (per-sample seeding makes scores independent of
 # batching and device placement), so they are recorded but left out of the hash.
 EXECUTION_KEYS = ("batch_size", "batch_size_auto", "device", "runtime")
@@ -105,6 +107,9 @@ class EvalConfig:
         mask: The ground-truth mask kind the localisation metrics compare maps with (``box`` or ``ink`` for
             ``mnist5k-clutter``); None = the dataset's default. Only for a run that selects such a metric, and
             only then recorded in the canonical config (so configs without one keep their hash).
+        precision: ``fp32``, or ``bf16``/``fp16``: model forwards and explanations under ``torch.autocast`` of that
+            type, attributions and scores still accumulated in fp32 (fp16 on CUDA only). It changes scores, so it
+            is part of the config hash, recorded only when it is not fp32 (so fp32 configs keep their hash).
     """
 
     dataset: str | None = None
@@ -121,6 +126,7 @@ class EvalConfig:
     device: str = "auto"
     runtime: str = "torch"
     mask: str | None = None
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
@@ -129,6 +135,11 @@ class EvalConfig:
             raise ConfigError(f"selection {self.selection!r} is unknown; use one of {', '.join(SELECTIONS)}")
         if self.runtime not in RUNTIMES:
             raise ConfigError(f"runtime {self.runtime!r} is unknown; use one of {', '.join(RUNTIMES)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision {self.precision!r} is unknown; use one of {', '.join(PRECISIONS)}")
+        if self.precision != "fp32" and self.runtime == "onnx":
+            raise ConfigError(f"--precision {self.precision} runs the PyTorch model under autocast, but --runtime "
+                              "onnx runs the exported fp32 graph; use --runtime torch with it (or --precision fp32)")
         if isinstance(self.n_samples, bool) or not isinstance(self.n_samples, int) or self.n_samples < 1:
             raise ConfigError(f"n_samples must be a positive integer, got {self.n_samples!r}")
         if self.batch_size != "auto" and (isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int)
@@ -190,6 +201,7 @@ class EvalConfig:
             ("device", str),
             ("runtime", str),
             ("mask", (str, type(None))),
+            ("precision", str),
         ):
             if k in base and not isinstance(base[k], typ):
                 raise ConfigError(f"{where}: {k} must be a string, got {base[k]!r}")
@@ -229,6 +241,8 @@ class EvalConfig:
         for key in ("indices_sha256", "preprocess", "class_map", "mask"):
             if resolved.get(key) is not None:
                 canonical[key] = resolved[key]
+        if self.precision != "fp32":  # fp32 configs keep the hash they had before precision existed
+            canonical["precision"] = self.precision
         return canonical
 
     @staticmethod

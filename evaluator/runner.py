@@ -37,7 +37,7 @@ from sclzoo.vocab import SELECTIONS
 #: Cost of one gradient pass (forward + backward) in forward passes, for progress and time estimates.
 GRADIENT_COST = 3
 
-__all__ = ["auto_batch_size", "choose_batch_size", "BatchResult", "EvalOutput", "resolve_specs", "call_params", "run_evaluation", "estimate_cost", "batch_starts",
+__all__ = ["Autocast", "check_precision", "with_precision", "auto_batch_size", "choose_batch_size", "BatchResult", "EvalOutput", "resolve_specs", "call_params", "run_evaluation", "estimate_cost", "batch_starts",
            "shard_batches", "merge_batches", "select_samples", "SELECTIONS"]
 
 
@@ -220,6 +220,53 @@ def estimate_cost(cfg: EvalConfig) -> dict[str, Any]:
     }
 
 
+class Autocast(nn.Module):
+    """``model`` run under ``torch.autocast(device_type, dtype)``, returning float32 logits: the model that
+    ``--precision bf16|fp16`` explains and scores (docs/protocol.md#precision).
+
+    Inputs stay float32, so input gradients (and every sum an attribution method takes over them) are float32;
+    the layers themselves compute in ``dtype`` where autocast says so.
+    """
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype, device_type: str) -> None:
+        super().__init__()
+        self.model = model
+        self.dtype = dtype
+        self.device_type = device_type
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            out = self.model(x)
+        return out.float()
+
+
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast type of ``--precision`` on ``device`` (None for fp32).
+
+    Raises:
+        ConfigError: an unknown precision, or fp16 on a device other than CUDA.
+    """
+    if precision == "fp32":
+        return None
+    if precision not in _AUTOCAST_DTYPES:
+        raise ConfigError(f"precision {precision!r} is unknown; use fp32, bf16 or fp16")
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError(f"--precision fp16 needs a CUDA device, but this run is on {device.type}: float16 "
+                          "autocast is a GPU feature (slow and partial on a CPU); use --precision bf16 or fp32 "
+                          "here, or --device cuda")
+    return _AUTOCAST_DTYPES[precision]
+
+
+def with_precision(model: nn.Module, precision: str, device: torch.device) -> nn.Module:
+    """``model`` for ``--precision`` on ``device``: itself for fp32, else :class:`Autocast` (errors as
+    :func:`check_precision`)."""
+    dtype = check_precision(precision, device)
+    return model if dtype is None else Autocast(model, dtype, device.type).eval()
+
+
 def choose_batch_size(bytes_per_image: float, free_bytes: float, cap: int = 1024, fraction: float = 0.6) -> int:
     """Largest power of two ≤ ``cap`` whose images fit ``fraction`` of ``free_bytes`` at ``bytes_per_image`` each."""
     if bytes_per_image <= 0:
@@ -244,7 +291,7 @@ def _method_inputs(method: str, available: dict[str, Tensor | None], device: tor
 def auto_batch_size(model: nn.Module, images: Tensor, methods: dict[str, dict[str, Any]], device: torch.device,
                     *, cpu_default: int = 64, cap: int = 1024, baseline_pool: Tensor | None = None,
                     metrics: Mapping[str, Mapping[str, Any]] | None = None, seed: int = 0,
-                    masks: Tensor | None = None) -> int:
+                    masks: Tensor | None = None, precision: str = "fp32") -> int:
     """The ``--batch-size auto`` choice for ``device`` (call it on the device the run will use: under torchrun,
     after the process group is up, on the process's own GPU).
 
@@ -253,12 +300,13 @@ def auto_batch_size(model: nn.Module, images: Tensor, methods: dict[str, dict[st
     ``baseline_pool``) and scores it with every selected metric (``metrics``, resolved parameters; their
     perturbation stacks, draws and re-explanations run in chunks of the probe's size, as they run in chunks of the
     batch size in a run), measures the peak memory per image and picks :func:`choose_batch_size` of the free memory.
+    The probe runs at the run's ``precision``.
     """
     if device.type != "cuda":
         return cpu_default
     n = min(8, len(images))
     x = images[:n].to(device)
-    model = model.to(device).eval()
+    model = with_precision(model.to(device).eval(), precision, device)
     with torch.no_grad():
         target = model(x).argmax(1)
     mask = masks[:n].to(device) if masks is not None else None
@@ -448,7 +496,7 @@ def run_evaluation(
         ModelLoadError: the model returns NaN/inf logits.
     """
     methods, metrics = resolve_specs(cfg)
-    model = model.eval().to(device)
+    model = with_precision(model.eval().to(device), cfg.precision, device)  # fp16 on a CPU fails here, early
     n = images.shape[0]
     if masks is not None and tuple(masks.shape) != (n, *images.shape[2:]):
         raise ConfigError(f"masks must have shape {(n, *images.shape[2:])} (N, H, W), got {tuple(masks.shape)}")

@@ -18,11 +18,18 @@ import torch
 from helpers import conv_net, images
 from torch import nn
 
+from sclzoo.errors import ConfigError
 from sclzoo.evaluator.api import evaluate
 from sclzoo.evaluator.attributions import METHODS, attribute
 from sclzoo.evaluator.config import EvalConfig, build_config
 from sclzoo.evaluator.metrics import METRICS, MetricContext, compute, compute_on_device, randomisation
-from sclzoo.evaluator.runner import auto_batch_size, call_params, resolve_specs, run_evaluation
+from sclzoo.evaluator.runner import (
+    auto_batch_size,
+    call_params,
+    check_precision,
+    resolve_specs,
+    run_evaluation,
+)
 from sclzoo.zoo.onnx_export import onnx_logits, onnx_providers, onnx_session
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,10 +82,10 @@ def test_committed_results_of_unchanged_methods_keep_their_config_hash() -> None
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _run(model: nn.Module, batch_size: int, **kw: object) -> object:
+def _run(model: nn.Module, batch_size: int, precision: str = "fp32", **kw: object) -> object:
     x = images(6, seed=4)
     cfg = EvalConfig(n_samples=6, methods=("saliency", "gradcam"), metrics=("mprt_last", "sparseness", "random_logit"),
-                     batch_size=batch_size, seed=5)
+                     batch_size=batch_size, seed=5, precision=precision)
     return run_evaluation(model, x, torch.tensor([0, 1, 2, 0, 1, 2]), torch.arange(30, 36), cfg,
                           device=torch.device("cpu"), progress=False, **kw)
 
@@ -284,3 +291,59 @@ def test_auto_batch_size_counts_the_metrics_buffers(bundled: dict[str, Path]) ->
     alone = auto_batch_size(model, x, methods, gpu)
     with_metrics = auto_batch_size(model, x, methods, gpu, metrics=metrics)
     assert 1 <= with_metrics <= alone <= 1024
+
+
+# --------------------------------------------------------------------------------------------------------------
+# --precision
+# --------------------------------------------------------------------------------------------------------------
+
+#: bf16 moves no (method, metric) mean on the bundled ResNet-8 by more than this fraction of the metric's fp32
+#: per-sample standard deviation (docs/protocol.md#precision; 0.13 measured at most over 16 images, 4 methods,
+#: 10 metrics).
+BF16_TOLERANCE_SD = 0.2
+
+
+def test_precision_is_in_the_config_hash_only_when_not_fp32() -> None:
+    resolved = {"dataset": "mnist5k", "methods": {"saliency": {"abs": True}}, "metrics": {}}
+    fp32 = build_config(methods=["saliency"], metrics=["sparseness"])
+    assert "precision" not in fp32.canonical(resolved)  # existing results keep their hash
+    assert build_config(methods=["saliency"], metrics=["sparseness"], precision="fp32") == fp32
+    hashes = {EvalConfig.hash_of(fp32.replace(precision=p).canonical(resolved)) for p in ("fp32", "bf16", "fp16")}
+    assert len(hashes) == 3
+    assert fp32.replace(precision="bf16").canonical(resolved)["precision"] == "bf16"
+
+
+def test_bad_precisions_are_refused_with_the_fix() -> None:
+    with pytest.raises(ConfigError, match="precision 'fp8' is unknown"):
+        build_config(precision="fp8")
+    with pytest.raises(ConfigError, match="--runtime torch"):
+        build_config(precision="bf16", runtime="onnx")
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device.*--precision bf16"):
+        check_precision("fp16", torch.device("cpu"))
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        _run(conv_net(), batch_size=2, precision="fp16")
+
+
+def test_bf16_scores_stay_within_the_stated_tolerance_of_fp32(bundled: dict[str, Path]) -> None:
+    from sclzoo.zoo.data import load_dataset
+    from sclzoo.zoo.hub import load_model, resolve_model
+
+    model = load_model(resolve_model(str(bundled["ce"]))).model
+    data = load_dataset("mnist5k", "test")
+    x, y, ids = data.images[:12], data.labels[:12], data.indices[:12]
+    cfg = build_config(n_samples=12, methods=["saliency", "gradcam"], batch_size=12,
+                       metrics=["faithfulness_correlation", "deletion_auc", "sparseness", "max_sensitivity",
+                                "infidelity"],
+                       metric_params={"faithfulness_correlation": {"n_draws": 20}, "deletion_auc": {"steps": 8},
+                                      "max_sensitivity": {"n_perturbations": 4}, "infidelity": {"n_perturbations": 4}})
+    out = {p: run_evaluation(model, x, y, ids, cfg.replace(precision=p), device=torch.device("cpu"), progress=False)
+           for p in ("fp32", "bf16")}
+    moved = 0.0
+    for method, scores in out["fp32"].scores.items():
+        for metric, ref in scores.items():
+            low = out["bf16"].scores[method][metric]
+            assert np.isfinite(low).all(), (method, metric)
+            gap = abs(low.mean() - ref.mean())
+            assert gap <= BF16_TOLERANCE_SD * ref.std() + 1e-6, (method, metric, gap, ref.std())
+            moved = max(moved, float(np.abs(low - ref).max()))
+    assert moved > 0  # the bf16 run did compute in bf16
