@@ -311,3 +311,25 @@ def test_help_loads_no_torch() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "--sigma-minor" in out.stdout and "--perturbations" in out.stdout
+
+
+def test_command_line_runs_reuses_and_prices(tiny: dict[str, Any], tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from helpers import run_main
+
+    args = ["meta-evaluate", "--model", tiny["model"], "--n-samples", "8", "--methods", "saliency,input_x_gradient",
+            "--metrics", "sparseness,complexity", "--iterations", "1", "--perturbations", "2", "--device", "cpu",
+            "--quiet"]
+    code, out, err = run_main([*args, "--out", str(tiny["out"])], capsys)  # the fixture's run: reused
+    assert code == 0, err
+    assert "meta result exists" in out and "IAC_NR" in out and "sparseness" in out
+    assert f"minor σ = {tiny['res'].data['tests']['minor']['sigma']:g} (calibrated" in out
+    code, out, err = run_main([*args, "--out", str(tmp_path), "--dry-run"], capsys)
+    assert code == 0, err
+    plan = json.loads(out)
+    assert plan["meta_hash"] == tiny["res"].data["meta_hash"] and not plan["result"]["exists"]
+    assert plan["cost"]["ratio"]["explanations"] > 4 and plan["estimate"]["seconds"] >= plan["estimate"]["plain_seconds"]
+    code, out, err = run_main([*args[:-1], "--methods", "saliency", "--out", str(tmp_path)], capsys)
+    assert code == 1 and "needs at least two" in err
+    code, out, err = run_main(["validate", str(tiny["res"].path)], capsys)
+    assert code == 0 and out.startswith("ok")
