@@ -18,7 +18,7 @@ ZOO     := $(DEMO_ZOO) $(INDOMAIN_ZOO)
 DEMO_METHODS ?= saliency,integrated_gradients,gradcam
 DEMO_METRICS ?= faithfulness_correlation,deletion_auc,insertion_auc,sparseness,complexity,effective_complexity,max_sensitivity,avg_sensitivity
 
-.PHONY: install demo test test-integration test-reference test-slow test-all lint zoo cards cards-check listing leaderboard clean help bench publish-results
+.PHONY: gpu-check install demo test test-integration test-reference test-slow test-all lint zoo cards cards-check listing leaderboard clean help bench publish-results
 
 help:
 	@echo "make install   create $(VENV) and install sclzoo with pinned torch (idempotent)"
@@ -34,6 +34,7 @@ help:
 	@echo "make cards-check  fail with a diff when a bundled model card drifted from its data"
 	@echo "make listing   refresh the stored rows of sclzoo ls (evaluator/listing.json) after changing a registry"
 	@echo "make leaderboard  evaluate (and meta-evaluate) registry models without a result (standard preset), rebuild leaderboard/"
+	@echo "make gpu-check on a CUDA machine: pytest -m gpu and the metric benchmark on the GPU -> build/gpu_check/gpu_check.md"
 
 install: $(STAMP)
 
@@ -132,7 +133,11 @@ clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
 
 # Timing of sclzoo's metric suite vs Quantus 0.6.0 vs the model-call floor (minutes; run on a quiet machine).
+# On a CUDA machine `make gpu-check` runs the gpu-marked tests and the metric benchmark on the GPU (bench/gpu_check.sh).
 bench: install
 	$(BIN)/python bench/bench_metrics.py --out build/bench
 	$(BIN)/python bench/bench_contention.py --out build/bench
 	$(BIN)/python bench/bench_meta.py --out build/bench
+
+gpu-check: install
+	PY=$(BIN)/python bench/gpu_check.sh build/gpu_check

@@ -26,6 +26,11 @@ Examples::
     .venv/bin/python bench/bench_metrics.py --model small --n 4 --floor-batch-sizes 8  # smoke run
     .venv/bin/python bench/bench_metrics.py --cli-only                          # command-line latency only
     .venv/bin/python bench/bench_metrics.py --skip-cli --skip-quantus --metrics max_sensitivity,infidelity --repeats 3
+    .venv/bin/python bench/bench_metrics.py --device cuda --batch-size auto --skip-cli   # on a GPU (bench/gpu_check.sh)
+
+On ``--device cuda`` everything runs on the GPU (Quantus gets the same ``device``), every timing waits for the
+GPU to finish (``torch.cuda.synchronize``), the floor's forwards are eager and channels_last (onnxruntime only with
+onnxruntime-gpu), and ``--batch-size auto`` is sclzoo's own choice for the method and the timed metrics.
 """
 
 from __future__ import annotations
@@ -207,9 +212,15 @@ def deadline(seconds: float | None) -> Iterator[None]:
         signal.signal(signal.SIGALRM, old)
 
 
+#: Waits for the device before and after a timed call (``torch.cuda.synchronize`` under ``--device cuda``).
+SYNC: list[Callable[[], None]] = [lambda: None]
+
+
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    SYNC[0]()
     t0 = time.perf_counter()
     out = fn()
+    SYNC[0]()
     return time.perf_counter() - t0, out
 
 
@@ -264,10 +275,14 @@ def measure_floor(
     min_time: float,
     log: Callable[[str], None],
 ) -> dict[str, Any]:
-    """Fastest forward throughput over runtimes × batch sizes, and the method's fastest explanation rate."""
+    """Fastest forward throughput over runtimes × batch sizes, and the method's fastest explanation rate, on x's
+    device (onnxruntime on a GPU only with its CUDA provider)."""
     import onnxruntime as ort
 
     from sclzoo.evaluator.attributions import attribute
+
+    on_gpu = x.device.type == "cuda"
+    ort_gpu = on_gpu and "CUDAExecutionProvider" in ort.get_available_providers()
 
     def tile(b: int) -> Tensor:
         reps = -(-b // x.shape[0])
@@ -292,11 +307,15 @@ def measure_floor(
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-        session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        providers: list[Any] = ["CPUExecutionProvider"]
+        if ort_gpu:
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": str(x.device.index or 0)}))
+        session = ort.InferenceSession(str(onnx_path), opts, providers=providers)
+        runtimes = ["eager_nchw", "channels_last"] + (["onnxruntime"] if ort_gpu or not on_gpu else [])
         for b in batch_sizes:
             xb = tile(b)
             xb_cl = xb.contiguous(memory_format=torch.channels_last)
-            xb_np = xb.numpy()
+            xb_np = xb.cpu().numpy()
 
             def eager(xb: Tensor = xb) -> Any:
                 with torch.inference_mode():
@@ -309,7 +328,10 @@ def measure_floor(
             def onnx(xb_np: np.ndarray = xb_np) -> Any:
                 return session.run(None, {"x": xb_np})
 
-            for runtime, fn in (("eager_nchw", eager), ("channels_last", channels_last), ("onnxruntime", onnx)):
+            fns: dict[str, Callable[[], Any]] = {"eager_nchw": eager, "channels_last": channels_last,
+                                                 "onnxruntime": onnx}
+            for runtime in runtimes:
+                fn = fns[runtime]
                 rate = best_rate(fn, b, min_time)
                 forward.append({"runtime": runtime, "batch_size": b, "images_per_s": rate})
                 log(f"  floor forward  {runtime:<14} batch {b:>5}: {rate:10.1f} img/s")
@@ -366,7 +388,7 @@ def run_sclzoo(
             target=target,
             attributions=a,
             explain=explain,
-            sample_ids=torch.arange(x.shape[0]),
+            sample_ids=torch.arange(x.shape[0], device=x.device),
             seed=seed,
             batch_size=batch_size,
             forward=runtime.forward if runtime else None,
@@ -386,13 +408,15 @@ def run_quantus(
     """Each of ``metrics`` with Quantus 0.6.0 on the same inputs and maps; None where it failed or timed out."""
     from sclzoo.evaluator.attributions import attribute
 
+    dev = x.device
+
     def explain_func(model: nn.Module, inputs: np.ndarray, targets: np.ndarray, **_: Any) -> np.ndarray:
-        xs = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32))
-        ys = torch.from_numpy(np.asarray(targets, dtype=np.int64))
-        return attribute(method, model, xs, ys, seed=seed).numpy()
+        xs = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.float32)).to(dev)
+        ys = torch.from_numpy(np.asarray(targets, dtype=np.int64)).to(dev)
+        return attribute(method, model, xs, ys, seed=seed).cpu().numpy()
 
     _, _, h, w = x.shape
-    x_np, y_np, a_np = x.numpy(), target.numpy(), a.numpy()
+    x_np, y_np, a_np = x.cpu().numpy(), target.cpu().numpy(), a.cpu().numpy()
     out: dict[str, tuple[float | None, np.ndarray | None]] = {}
     for name in metrics:
         metric, extra = quantus_metric(name, params[name], h, w)
@@ -411,6 +435,7 @@ def run_quantus(
                         a_batch=a_np,
                         channel_first=True,
                         batch_size=batch_size,
+                        device=str(dev),
                         **kwargs,
                     )
                 )
@@ -422,7 +447,7 @@ def run_quantus(
         if name == "deletion_auc":
             # Quantus' (N, K) curve c_1..c_K → sclzoo's trapezoid over c_0..c_K / K; c_0 is computed untimed.
             with torch.no_grad():
-                c0 = model(x).double().softmax(dim=1).gather(1, target[:, None])[:, 0].numpy()
+                c0 = model(x).double().softmax(dim=1).gather(1, target[:, None])[:, 0].cpu().numpy()
             curve = np.concatenate([c0[:, None], scores], axis=1)
             scores = _trapezoid_over_k(curve)
         out[name] = (dt, scores)
@@ -496,43 +521,54 @@ def bench_model(which: str, args: argparse.Namespace, log: Callable[[str], None]
     from sclzoo.evaluator.metrics import metric_cost
     from sclzoo.zoo.data import load_dataset
 
+    device = torch.device(args.device)
     model, model_desc = load_bench_model(which, args.seed)
+    model = model.to(device)
     n = args.n or DEFAULT_N[which]
     x = load_dataset("mnist5k", "test").images[:n].contiguous()
     if x.shape[0] < n:
         raise SystemExit(f"mnist5k test has only {x.shape[0]} images; lower --n")
+    x = x.to(device)
     with torch.no_grad():
         target = model(x).argmax(dim=1)
     _, c, h, w = x.shape
     params = suite_params(h, w)
-    log(f"== {which}: {model_desc}, N={n}, method={args.method}, {torch.get_num_threads()} threads")
+    chosen: tuple[str, ...] = tuple(args.metrics)
+    batch_size = bench_batch_size(args.batch_size, model, x, args.method, {m: params[m] for m in chosen}, args.seed)
+    log(f"== {which}: {model_desc}, N={n}, method={args.method}, {device_label(device)}, batch {batch_size}"
+        f"{' (auto)' if args.batch_size == 'auto' else ''}, {torch.get_num_threads()} threads")
 
     # One warm-up of each implementation on two images (allocators, lazy imports, oneDNN kernels).
     xw, yw = x[:2], target[:2]
     aw = attribute(args.method, model, xw, yw, seed=args.seed)
     runtime = None
-    if args.sclzoo_runtime == "onnx":  # exactly what `sclzoo evaluate --runtime onnx` sets up
+    sclzoo_runtime = args.sclzoo_runtime
+    if sclzoo_runtime == "onnx" and device.type == "cuda":
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            log("  onnxruntime has no CUDA provider (pip install 'sclzoo[gpu]'): sclzoo runs --runtime torch")
+            sclzoo_runtime = "torch"
+    if sclzoo_runtime == "onnx":  # exactly what `sclzoo evaluate --runtime onnx` sets up
         from sclzoo.evaluator.runner import onnx_runtime
         from sclzoo.zoo.onnx_export import export_onnx
 
         onnx_dir = Path(tempfile.mkdtemp(prefix="sclzoo-bench-"))
-        export_onnx(model, onnx_dir / "model.onnx", tuple(x.shape[1:]))  # type: ignore[arg-type]
-        runtime = onnx_runtime(onnx_dir / "model.onnx", model, torch.device("cpu"), threads=args.threads,
-                               batch_size=args.batch_size)
-    chosen: tuple[str, ...] = tuple(args.metrics)
-    run_sclzoo(model, xw, yw, aw, args.method, params, args.batch_size, args.seed, runtime, chosen)
+        export_onnx(copy.deepcopy(model).cpu(), onnx_dir / "model.onnx", tuple(x.shape[1:]))  # type: ignore[arg-type]
+        runtime = onnx_runtime(onnx_dir / "model.onnx", model, device, threads=args.threads, batch_size=batch_size)
+    run_sclzoo(model, xw, yw, aw, args.method, params, batch_size, args.seed, runtime, chosen)
     if not args.skip_quantus:
-        run_quantus(model, xw, yw, aw, args.method, params, args.batch_size, args.seed, args.quantus_timeout,
+        run_quantus(model, xw, yw, aw, args.method, params, batch_size, args.seed, args.quantus_timeout,
                     log, chosen)
 
     t_maps, a = timed(lambda: attribute(args.method, model, x, target, sample_ids=torch.arange(n), seed=args.seed))
     log(f"  maps ({args.method}) for {n} images: {t_maps:.3f} s")
-    ours = run_sclzoo(model, x, target, a, args.method, params, args.batch_size, args.seed, runtime, chosen,
+    ours = run_sclzoo(model, x, target, a, args.method, params, batch_size, args.seed, runtime, chosen,
                       args.repeats)
     log("  sclzoo: " + ", ".join(f"{k} {v[0]:.2f}s" for k, v in ours.items()))
     ref: dict[str, tuple[float | None, np.ndarray | None]] = {name: (None, None) for name in chosen}
     if not args.skip_quantus:
-        ref = run_quantus(model, x, target, a, args.method, params, args.batch_size, args.seed,
+        ref = run_quantus(model, x, target, a, args.method, params, batch_size, args.seed,
                           args.quantus_timeout, log, chosen)
         log("  quantus: " + ", ".join(f"{k} {v[0]:.2f}s" if v[0] is not None else f"{k} —" for k, v in ref.items()))
     floor = measure_floor(model, x, args.method, args.floor_batch_sizes, args.floor_explain_batch_sizes, args.threads,
@@ -575,11 +611,13 @@ def bench_model(which: str, args: argparse.Namespace, log: Callable[[str], None]
         "model": which,
         "model_description": model_desc,
         "n_images": n,
-        "sclzoo_runtime": args.sclzoo_runtime,
+        "device": device_label(device),
+        "sclzoo_runtime": sclzoo_runtime,
         "image_shape": [c, h, w],
         "method": args.method,
         "seed": args.seed,
-        "batch_size": args.batch_size,
+        "batch_size": batch_size,
+        "batch_size_auto": args.batch_size == "auto",
         "sclzoo_repeats": args.repeats,
         "time_maps_s": t_maps,
         "metrics": rows,
@@ -596,6 +634,7 @@ def format_table(result: dict[str, Any]) -> str:
             f"{'sclzoo/floor':>14}{'Quantus/sclzoo':>16}")
     lines = [
         f"{result['model']}: {result['model_description']} — N={result['n_images']}, method={result['method']}, "
+        f"{result['device']}, batch {result['batch_size']}{' (auto)' if result['batch_size_auto'] else ''}, "
         f"maps {result['time_maps_s']:.3f} s (not in the suite)",
         head,
         "-" * len(head),
@@ -617,7 +656,37 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _environment(threads: int) -> dict[str, Any]:
+def device_label(device: torch.device) -> str:
+    """``cpu``, or ``cuda:K (<GPU name>)``."""
+    if device.type != "cuda":
+        return device.type
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+
+
+def _batch_size_arg(value: str) -> int | str:
+    if value == "auto":
+        return value
+    b = int(value)
+    if b < 1:
+        raise argparse.ArgumentTypeError(f"a batch size is a positive int or auto, got {value}")
+    return b
+
+
+def bench_batch_size(requested: int | str, model: nn.Module, x: Tensor, method: str,
+                     params: dict[str, dict[str, Any]], seed: int) -> int:
+    """``requested``, or for ``auto`` what ``sclzoo evaluate --batch-size auto`` picks on x's device for the method
+    and the timed metrics (the CPU default on a CPU)."""
+    if requested != "auto":
+        return int(requested)
+    from sclzoo.evaluator.config import build_config
+    from sclzoo.evaluator.runner import auto_batch_size, resolve_specs
+
+    methods, metrics = resolve_specs(build_config(methods=[method], metrics=list(params), metric_params=params))
+    return auto_batch_size(model, x, methods, x.device, metrics=metrics, seed=seed)
+
+
+def _environment(threads: int, device: torch.device) -> dict[str, Any]:
     import onnxruntime
 
     env = {
@@ -628,6 +697,8 @@ def _environment(threads: int) -> dict[str, Any]:
         "numpy": np.__version__,
         "onnxruntime": onnxruntime.__version__,
         "torch_threads": threads,
+        "device": device_label(device),
+        "onnxruntime_providers": onnxruntime.get_available_providers(),
     }
     try:
         import quantus
@@ -644,7 +715,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=None, help="images (default 64 for small, 16 for resnet18)")
     parser.add_argument("--method", default="saliency", help="attribution method (default saliency)")
     parser.add_argument("--out", type=Path, default=REPO / "build" / "bench", help="folder for bench_<model>.json")
-    parser.add_argument("--batch-size", type=int, default=64, help="sclzoo and Quantus batch size (default 64)")
+    parser.add_argument("--batch-size", type=_batch_size_arg, default=64,
+                        help="sclzoo and Quantus batch size, or auto (sclzoo's --batch-size auto; default 64)")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu (default) or cuda[:K]: where the model, the maps, sclzoo, Quantus and the floor run")
     parser.add_argument("--floor-batch-sizes", type=lambda s: [int(v) for v in s.split(",")],
                         default=[64, 256, 1024], help="floor batch sizes, comma-separated (default 64,256,1024)")
     parser.add_argument("--floor-explain-batch-sizes", type=lambda s: [int(v) for v in s.split(",")],
@@ -678,6 +752,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--repeats must be positive, got {args.repeats}")
 
     torch.set_num_threads(args.threads)
+    if torch.device(args.device).type == "cuda":
+        if not torch.cuda.is_available():
+            parser.error(f"--device {args.device}: no CUDA device here")
+        SYNC[0] = torch.cuda.synchronize
     import sclzoo  # noqa: F401  (registers the zoo architectures in timm)
     from sclzoo.evaluator.attributions import METHODS
 
@@ -687,7 +765,7 @@ def main(argv: list[str] | None = None) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    env = _environment(args.threads)
+    env = _environment(args.threads, torch.device(args.device))
     if not args.skip_cli or args.cli_only:
         cli = {**bench_cli(max(1, args.cli_repeats), log), "environment": env}
         print(format_cli_table(cli), flush=True)
