@@ -233,3 +233,43 @@ def test_export_refuses_a_bad_recorded_patch_deletion() -> None:
 
     with pytest.raises(ConfigError, match=r"training record's patch_deletion\.grid must be an integer >= 2"):
         build_config(Stub(), record, [str(i) for i in range(10)])  # type: ignore[arg-type]
+
+
+def test_clean_batchnorm_statistics_change_only_the_running_statistics(tmp_path: Path) -> None:
+    """bn_stats = "clean": the same weights as without it, BatchNorm statistics re-estimated on the clean training
+    images (re-estimating them again changes nothing), recorded; the probe of a contrastive model sees them."""
+    from sclzoo.zoo.train import recalibrate_batchnorm
+
+    base = _recipe("ce", {"grid": 4, "p": 1.0})
+    plain = train_mod.train(base, tmp_path / "a", device="cpu", progress=False, max_steps=3)
+    clean = train_mod.train(base.replace(bn_stats="clean"), tmp_path / "b", device="cpu", progress=False,
+                            max_steps=3)
+    sa, sb = plain.model.state_dict(), clean.model.state_dict()
+    stats = [k for k in sa if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(torch.equal(sa[k], sb[k]) for k in sa if k not in stats and "num_batches" not in k)
+    assert all(not torch.equal(sa[k], sb[k]) for k in stats)
+    assert clean.record["recipe"]["bn_stats"] == "clean" and "bn_stats" not in plain.record["recipe"]
+    info = clean.record["stages"]["train"]["bn_recalibration"]
+    assert info["images"] == 1397 and info["batches"] == 3
+    from sclzoo.zoo.data import load_dataset, stratified_split
+
+    ds = load_dataset("digits", "train")
+    tr_idx, _ = stratified_split(ds.labels.numpy(), 100, 0)
+    before = {k: v.clone() for k, v in clean.model.state_dict().items()}
+    recalibrate_batchnorm(clean.model, ds.images[tr_idx])
+    after = clean.model.state_dict()
+    # Equal up to float rounding (training ran channels_last, the returned model is contiguous).
+    assert all(torch.allclose(before[k], after[k], rtol=1e-5, atol=1e-5) for k in stats)
+    assert not clean.model.training
+    probe = train_mod.train(_recipe("supcon", None).replace(bn_stats="clean"), tmp_path / "c", device="cpu",
+                            progress=False, max_steps=2)
+    assert "bn_recalibration" in probe.record["stages"]["pretrain"]
+
+
+def test_bad_bn_stats_is_a_config_error() -> None:
+    base = {"name": "x", "arch": "test_resnet_cifar", "dataset": "digits", "objective": "ce"}
+    with pytest.raises(ConfigError, match=r"bn_stats 'precise' is unknown; use one of train, clean"):
+        Recipe.from_dict({**base, "bn_stats": "precise"})
+    with pytest.raises(ConfigError, match=r"recipe\.bn_stats must be one of train, clean, got True"):
+        Recipe.from_dict({**base, "bn_stats": True})
+    assert Recipe.from_dict({**base, "bn_stats": "clean"}).to_dict()["bn_stats"] == "clean"

@@ -30,7 +30,7 @@ from sclzoo.zoo.losses import OBJECTIVES
 from sclzoo.zoo.models import ProjectionHead, encode
 from sclzoo.zoo.recipe import OptimConfig, Recipe
 
-__all__ = ["train", "TrainOutput", "resolve_device", "accuracy"]
+__all__ = ["train", "TrainOutput", "resolve_device", "accuracy", "recalibrate_batchnorm"]
 
 CHECKPOINT = "train_state.pt"
 
@@ -79,6 +79,38 @@ def accuracy(model: nn.Module, images: Tensor, labels: Tensor, batch_size: int =
         xb = images[i : i + batch_size].to(device).contiguous(memory_format=torch.channels_last)
         correct += int((model(xb).argmax(1).cpu() == labels[i : i + batch_size]).sum())
     return correct / max(1, len(labels))
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, images: Tensor, batch_size: int = 500) -> int:
+    """Re-estimates every BatchNorm's running mean and variance on ``images``, weights untouched.
+
+    The statistics become the average over equal-sized batches (the last one may be smaller) of the batch
+    statistics, as ``momentum=None`` computes them, instead of the exponential average of the training batches.
+    Used with ``bn_stats = "clean"`` (docs/training.md#batchnorm-statistics).
+
+    Args:
+        model: The network; left in eval mode with each BatchNorm's momentum restored.
+        images: (N, C, H, W) images on the model's device, in a fixed order.
+        batch_size: Images per forward pass.
+
+    Returns:
+        The number of forward passes.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    n = 0
+    for i in range(0, len(images), batch_size):
+        model(images[i : i + batch_size].contiguous(memory_format=torch.channels_last))
+        n += 1
+    for m, mom in zip(norms, momenta, strict=True):
+        m.momentum = mom
+    model.eval()
+    return n
 
 
 def _batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[Tensor]:
@@ -324,6 +356,11 @@ def train(
         stages[pre_stage] = _run_stage(pre_stage, params, pre_step, recipe.optim, len(tr_idx), recipe.seed,
                                        state_path, modules, max_steps, progress, resume_state, dist_info=di)
         stages[pre_stage]["seconds"] = round(time.time() - t0, 2)
+        if recipe.bn_stats == "clean":
+            t0 = time.time()
+            n_batches = recalibrate_batchnorm(model, x_train)
+            stages[pre_stage]["bn_recalibration"] = {"images": len(tr_idx), "batches": n_batches,
+                                                     "seconds": round(time.time() - t0, 2)}
     else:
         assert resume_state is not None
         stages[pre_stage] = {"history": resume_state["pre_history"], "resumed": True}
