@@ -169,10 +169,19 @@ def perturbed_copy(model: nn.Module, sigma: float, generator: torch.Generator) -
     Returns:
         The perturbed copy (eval mode).
     """
+    return _scaled_copy(model, sigma, _normals(model, generator))
+
+
+def _normals(model: nn.Module, generator: torch.Generator) -> list[Tensor]:
+    """One float32 standard normal per parameter element, on the CPU, in ``parameters()`` order."""
+    return [torch.randn(tuple(p.shape), generator=generator, dtype=torch.float32) for p in model.parameters()]
+
+
+def _scaled_copy(model: nn.Module, sigma: float, normals: Sequence[Tensor]) -> nn.Module:
+    """A copy of ``model`` whose parameters are multiplied by 1 + σ·z, z from ``normals``."""
     net = copy.deepcopy(model).eval()
     with torch.no_grad():
-        for p in net.parameters():
-            z = torch.randn(tuple(p.shape), generator=generator, dtype=torch.float32)
+        for p, z in zip(net.parameters(), normals, strict=True):
             p.mul_((1.0 + sigma * z).to(device=p.device, dtype=p.dtype))
     return net
 
@@ -275,10 +284,7 @@ def calibrate(model: nn.Module, images: Tensor, predictions: Tensor, num_classes
     rows: list[dict[str, Any]] = []
     # The standard normals of each calibration draw are drawn once and scaled by every σ (common random numbers:
     # a larger σ moves the weights the same way, further).
-    normals = []
-    for k in range(CALIBRATION_DRAWS):
-        gen = sample_generator(seed, "meta/calibration", k)
-        normals.append([torch.randn(tuple(p.shape), generator=gen, dtype=torch.float32) for p in model.parameters()])
+    normals = [_normals(model, sample_generator(seed, "meta/calibration", k)) for k in range(CALIBRATION_DRAWS)]
     minor = sigma_minor
     disruptive = sigma_disruptive
     minor_open = sigma_minor is None
@@ -291,10 +297,7 @@ def calibrate(model: nn.Module, images: Tensor, predictions: Tensor, num_classes
             continue  # only σ above the minor one can be disruptive
         changed: list[float] = []
         for z in normals:
-            net = copy.deepcopy(model).eval()
-            with torch.no_grad():
-                for p, zp in zip(net.parameters(), z, strict=True):
-                    p.mul_((1.0 + sigma * zp).to(device=p.device, dtype=p.dtype))
+            net = _scaled_copy(model, sigma, z)
             pred = _predictions(net, images, batch_size, device)
             del net
             if pred is None:  # NaN/inf logits: the σ is unusable for either test
