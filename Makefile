@@ -14,7 +14,10 @@ DEMO_ZOO := resnet8_cifar.ce_mnist5k resnet8_cifar.supcon_mnist5k resnet8_cifar.
 # The same four recipes with patch deletion: in domain for single_deletion (docs/training.md#patch-deletion).
 INDOMAIN_ZOO := resnet8_cifar.ce_mnist5k_indomain resnet8_cifar.supcon_mnist5k_indomain \
                 resnet8_cifar.simclr_mnist5k_indomain resnet8_cifar.triplet_mnist5k_indomain
-ZOO     := $(DEMO_ZOO) $(INDOMAIN_ZOO)
+# The zoo on the ground-truth dataset mnist5k-clutter (56x56), all with patch deletion (docs/training.md#bundled-recipes).
+CLUTTER_ZOO := resnet8_cifar.ce_mnist5k-clutter resnet8_cifar.supcon_mnist5k-clutter \
+               resnet8_cifar.simclr_mnist5k-clutter resnet8_cifar.triplet_mnist5k-clutter
+ZOO     := $(DEMO_ZOO) $(INDOMAIN_ZOO) $(CLUTTER_ZOO)
 DEMO_METHODS ?= saliency,integrated_gradients,gradcam
 DEMO_METRICS ?= faithfulness_correlation,deletion_auc,insertion_auc,sparseness,complexity,effective_complexity,max_sensitivity,avg_sensitivity
 
