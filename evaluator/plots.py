@@ -173,10 +173,17 @@ def reliability_figure(metrics: dict[str, dict[str, Any]], threshold: float) -> 
         mc = "–" if v["mc"] is None else f"{v['mc']:.2f}"
         spot = (round(v["resilience"] / 0.03) * 0.03, round(v["reactivity"] / 0.03) * 0.03)
         labels.setdefault(spot, []).append(f"{name} ({mc})")
-    for (x, y), names in sorted(labels.items()):
-        right = x > 0.6  # labels of points on the right go to their left, so they stay inside the axes
-        ax.annotate("\n".join(names), (x, y), xytext=(-5 if right else 5, 0), textcoords="offset points",
-                    fontsize=6.5, ha="right" if right else "left", va="center")
+    # Labels in a column beside the points, top to bottom, pushed apart so that none overlaps the next; a thin line
+    # joins each to its point. Points at the right edge get their labels on their left, inside the axes.
+    gap = 0.045
+    last = {True: math.inf, False: math.inf}
+    for (x, y), names in sorted(labels.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
+        right = x > 0.8
+        ty = min(y, last[right] - gap * len(names))
+        last[right] = ty
+        ax.annotate("\n".join(names), (x, y), xytext=(x - 0.05 if right else x + 0.05, ty), textcoords="data",
+                    fontsize=6.5, ha="right" if right else "left", va="center",
+                    arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "#999", "shrinkA": 0, "shrinkB": 3})
     ax.set_xlim(-0.02, 1.03)
     ax.set_ylim(-0.04, 1.05)
     ax.set_xlabel("resilience: mean of IAC_NR and IEC_NR (minor weight noise)", fontsize=7)
