@@ -116,7 +116,7 @@ listing: install
 # (commit sha, config hash) has no result in $(LB_RESULTS), meta-evaluates those without a meta result for that
 # config (LB_META=--meta; the meta results sit beside the results, <meta_hash>.meta.json), then rebuilds $(LB_OUT)
 # from all of them. Extra options go in LEADERBOARD_ARGS, e.g. LEADERBOARD_ARGS="--provenance ci --skip-unavailable";
-# LB_META= skips the meta-evaluations (about 20 evaluations' worth of compute per model).
+# LB_META= skips the meta-evaluations (10-18 evaluations' worth of compute per model).
 LB_RESULTS ?= leaderboard/results
 LB_OUT     ?= leaderboard
 LB_PRESET  ?= standard

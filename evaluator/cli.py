@@ -632,7 +632,7 @@ Examples:
 @click.option("--progress", is_flag=True, help="Show progress bars while evaluating.")
 @click.option("--meta", is_flag=True,
               help="Also meta-evaluate every registry model without a meta result for this config (sclzoo "
-                   "meta-evaluate, default settings; about 20x the evaluation's compute), so the leaderboard shows "
+                   "meta-evaluate, default settings; 10-18x the evaluation's compute), so the leaderboard shows "
                    "how far each metric can be trusted.")
 def leaderboard_update_cmd(registry: str | None, results_dir: str, out_dir: str, preset: str | None,
                            config_file: str | None, device: str | None, provenance: str, skip_unavailable: bool,
