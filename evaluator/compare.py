@@ -70,6 +70,9 @@ class SampleScores:
         scores: ``{(method, metric): (N,) float64}`` with NaN kept.
         metrics: ``{metric: {"family": str, "higher_is_better": bool, "version": int}}``.
         file: The result file, relative to the results folder.
+        training: How the model was trained apart from its objective: ``standard``, or the patch deletion it was
+            trained with (``patch deletion g4 v0 p0.5``; sclzoo/deletion.py). Only models trained the same way are
+            compared, so a difference is the objective's, not the augmentation's.
     """
 
     model: str
@@ -84,14 +87,23 @@ class SampleScores:
     scores: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     file: str = ""
+    training: str = "standard"
 
     @property
     def key(self) -> str:
         return f"{self.model}@{self.commit_sha}"
 
     @property
-    def group_key(self) -> tuple[str, str, str, str]:
-        return (self.architecture, self.dataset, self.indices_sha256, self.config_hash)
+    def group_key(self) -> tuple[str, str, str, str, str]:
+        return (self.architecture, self.dataset, self.indices_sha256, self.config_hash, self.training)
+
+
+def training_of(model: dict[str, Any]) -> str:
+    """A result's model block → how it was trained apart from the objective (see :class:`SampleScores`)."""
+    pd = model.get("patch_deletion")
+    if not isinstance(pd, dict):
+        return "standard"
+    return f"patch deletion g{pd.get('grid')} v{pd.get('value')} p{pd.get('p')}"
 
 
 def from_result(doc: dict[str, Any], samples: Sequence[dict[str, Any]], file: str = "") -> SampleScores:
@@ -110,7 +122,7 @@ def from_result(doc: dict[str, Any], samples: Sequence[dict[str, Any]], file: st
     return SampleScores(model=m["id"], name=m.get("name", m["id"]), commit_sha=m["commit_sha"],
                         objective=m["objective"], architecture=m["architecture"], dataset=doc["dataset"]["id"],
                         indices_sha256=doc["dataset"]["indices_sha256"], config_hash=doc["config_hash"],
-                        sample_ids=ids, scores=scores, metrics=metrics, file=file)
+                        sample_ids=ids, scores=scores, metrics=metrics, file=file, training=training_of(m))
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
@@ -311,24 +323,25 @@ def compare_records(records: Iterable[SampleScores], alpha: float = ALPHA, seed:
         objectives, each with ``tests`` (one per (method, metric)) and ``verdicts`` (one per family).
         ``claim_check`` repeats the verdicts of the claim comparisons and of CE vs each contrastive objective.
     """
-    by_group: dict[tuple[str, str, str, str], list[SampleScores]] = {}
-    for r in records:
+    records_list = list(records)
+    by_group: dict[tuple[str, str, str, str, str], list[SampleScores]] = {}
+    for r in records_list:
         by_group.setdefault(r.group_key, []).append(r)
     groups = []
     claim_check = []
-    for gk in sorted(by_group):
+    for gk in sorted(by_group, key=lambda k: (k[:4], k[4] != "standard", k[4])):  # standard training first
         members = sorted(by_group[gk], key=lambda r: (r.objective, r.key))
         pairs = [_order_pair(x, y) for i, x in enumerate(members) for y in members[i + 1:]
                  if x.objective != y.objective]
         mc = None if reliability is None else reliability.get(gk[3])
         comparisons = [_compare_two(a, b, members, alpha, seed, n_bootstrap, mc, threshold)
                        for a, b in sorted(pairs, key=lambda p: _pair_rank(*p))]
-        arch, dataset, indices, config_hash = gk
+        arch, dataset, indices, config_hash, training = gk
         note = None
         if len({m.objective for m in members}) < 2:
             note = "only one objective evaluated on these images under this config: nothing to compare"
         groups.append({"architecture": arch, "dataset": dataset, "indices_sha256": indices,
-                       "config_hash": config_hash, "n_samples": int(len(members[0].sample_ids)),
+                       "config_hash": config_hash, "training": training, "n_samples": int(len(members[0].sample_ids)),
                        "models": [{"model": m.model, "name": m.name, "commit_sha": m.commit_sha,
                                    "objective": m.objective, "file": m.file} for m in members],
                        "comparisons": comparisons, "note": note})
@@ -337,6 +350,7 @@ def compare_records(records: Iterable[SampleScores], alpha: float = ALPHA, seed:
             if pair in PAIR_ORDER:
                 for v in c["verdicts"]:
                     claim_check.append({"config_hash": config_hash, "dataset": dataset, "architecture": arch,
+                                        "training": training,
                                         "a": c["a"]["label"], "b": c["b"]["label"], "family": v["family"],
                                         "claim": c["claim"], "holds": v["majority"], "text": v["text"]})
                     if "reliable" in v:
@@ -355,7 +369,17 @@ def compare_records(records: Iterable[SampleScores], alpha: float = ALPHA, seed:
     if reliability is not None:
         method["reliability"] = (f"per family, the verdict on the tests of its reliable metrics alone (MC on the zoo "
                                  f"> {threshold:g}, docs/protocol.md#meta-evaluation), Holm among themselves")
-    return {"alpha": alpha, "method": method, "groups": groups, "claim_check": claim_check}
+    from sclzoo.evaluator.proxies import deletion_vs_single_deletion, ground_truth_agreement
+
+    report = {"alpha": alpha, "method": method, "groups": groups, "claim_check": claim_check}
+    # The two checks of the proxies themselves (evaluator/proxies.py); absent when the records allow neither.
+    deletion = deletion_vs_single_deletion(report)
+    if deletion:
+        report["deletion_check"] = deletion
+    agreement = ground_truth_agreement(records_list, seed=seed)
+    if agreement:
+        report["ground_truth"] = agreement
+    return report
 
 
 def compare_folder(results_dir: str | Path, alpha: float = ALPHA, seed: int = 0) -> dict[str, Any]:
@@ -390,6 +414,10 @@ def format_p_value(v: float | None) -> str:
     return f"{v:.2e}" if v < 1e-3 else f"{v:.3f}"
 
 
+def _training_note(training: str | None) -> str:
+    return "" if training in (None, "standard") else f" · trained with {training}"
+
+
 def format_markdown(report: dict[str, Any]) -> str:
     """The comparison as Markdown: the claim check, then one table of tests per comparison."""
     lines = ["## Objective comparison", ""]
@@ -401,14 +429,20 @@ def format_markdown(report: dict[str, Any]) -> str:
               "in the metric's units with a bootstrap 95 % CI; ↑/↓ gives the metric's better direction.", "",
               "### Claim check", ""]
     for c in report["claim_check"]:
-        lines.append(f"- `{c['config_hash'][:12]}` {c['a']} vs {c['b']} — {c['text']}")
+        lines.append(f"- `{c['config_hash'][:12]}` {c['dataset']}{_training_note(c.get('training'))} · "
+                     f"{c['a']} vs {c['b']} — {c['text']}")
         if "reliable" in c:
             lines.append(f"  - on reliable metrics alone: {c['reliable']['text']}")
     lines.append("")
+    from sclzoo.evaluator.proxies import format_markdown as proxies_markdown
+
+    extra = proxies_markdown(report.get("ground_truth", []), report.get("deletion_check", []))
+    if extra:
+        lines += [extra]
     for g in report["groups"]:
         for c in g["comparisons"]:
-            lines += [f"### {c['a']['label']} vs {c['b']['label']} · {g['architecture']} · {g['dataset']} · "
-                      f"config `{g['config_hash'][:12]}`", "",
+            lines += [f"### {c['a']['label']} vs {c['b']['label']} · {g['architecture']} · {g['dataset']}"
+                      f"{_training_note(g.get('training'))} · config `{g['config_hash'][:12]}`", "",
                       f"{c['a']['name']}@{c['a']['commit_sha'][:7]} vs {c['b']['name']}@{c['b']['commit_sha'][:7]} "
                       f"on {c['n_common_samples']} common images.", "",
                       "| family | method | metric | n pairs (NaN dropped) | Δ median [95% CI] | p | p Holm | better |",

@@ -46,6 +46,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "faithfulness_correlation",
             "deletion_auc",
             "insertion_auc",
+            "single_deletion",
             "sparseness",
             "complexity",
             "effective_complexity",

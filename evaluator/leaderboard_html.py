@@ -277,7 +277,7 @@ def _claim_check_html(comparison: dict[str, Any]) -> list[str]:
     for g, c in found:
         by_family = {v["family"]: v for v in c["verdicts"]}
         cells = [f'<td class="t">{escape(c["a"]["label"])} vs {escape(c["b"]["label"])}</td>',
-                 f'<td class="t">{escape(g["architecture"])} · {escape(g["dataset"])} · '
+                 f'<td class="t">{escape(g["architecture"])} · {escape(g["dataset"])}{_training(g)} · '
                  f'<code>{escape(g["config_hash"][:12])}</code></td>',
                  f'<td data-v="{c["n_common_samples"]}">{c["n_common_samples"]}</td>']
         for f in families:
@@ -303,6 +303,57 @@ def _claim_check_html(comparison: dict[str, Any]) -> list[str]:
         out.append(f'<p class="muted">{n_other} more pairwise comparison(s), and every test, under '
                    '<a href="#compare">Objective comparison</a>.</p>')
     out.append("</section>")
+    out += _proxies_html(comparison)
+    return out
+
+
+def _training(g: dict[str, Any]) -> str:
+    t = g.get("training", "standard")
+    return "" if t == "standard" else f" · trained with {escape(str(t))}"
+
+
+def _rho(v: float | None) -> str:
+    return "–" if v is None else f"{v:+.2f}"
+
+
+def _proxies_html(comparison: dict[str, Any]) -> list[str]:
+    """Deletion vs single deletion, and each faithfulness proxy against the ground truth (evaluator/proxies.py)."""
+    from sclzoo.evaluator.compare import objective_name
+
+    out: list[str] = []
+    deletion = comparison.get("deletion_check", [])
+    if deletion:
+        agree = sum(d["agree"] for d in deletion)
+        out += ['<section id="deletion-check"><h2>Out-of-domain deletion vs in-domain single deletion</h2>',
+                f"<p>Per compared pair and method: the more faithful model by <code>deletion_auc</code> (pixels "
+                f"deleted) and by <code>single_deletion</code> (one patch at a time, in the training domain of a "
+                f"patch-deletion model); n.s. = not significant after Holm. They agree on {agree} of "
+                f"{len(deletion)}.</p>", _frame("deletion", "Deletion check table"),
+                '<table class="sortable" id="deletion"><thead><tr>'
+                + "".join(_th(h, False) for h in ("dataset", "training", "pair", "method", "deletion_auc",
+                                                  "single_deletion", "agree")) + "</tr></thead><tbody>"]
+        for d in deletion:
+            cells = [d["dataset"], d["training"], f'{d["a"]} vs {d["b"]}', d["method"],
+                     objective_name(d["deletion_auc"]) if d["deletion_auc"] else "n.s.",
+                     objective_name(d["single_deletion"]) if d["single_deletion"] else "n.s.",
+                     "yes" if d["agree"] else "no"]
+            out.append("<tr>" + "".join(f'<td class="t">{escape(str(c))}</td>' for c in cells) + "</tr>")
+        out.append("</tbody></table></div></section>")
+    for a in comparison.get("ground_truth", []):
+        out += [f'<section class="ground-truth"><h2>Ground truth vs faithfulness proxies · {escape(a["dataset"])} · '
+                f'<code>{escape(a["config_hash"][:12])}</code></h2>',
+                f"<p>Spearman rank correlation across {a['n_cells']} (model, method) cells between the mean "
+                f"<code>{escape(a['reference'])}</code> (attribution inside the ground-truth mask) and the mean of "
+                "each faithfulness metric, signed so that positive = the proxy ranks explanations as the ground "
+                f"truth does; 95 % CI by bootstrap over the {a['n_images']} images.</p>",
+                _frame(f"gt-{a['config_hash'][:12]}", "Ground-truth agreement table"),
+                '<table class="sortable"><thead><tr>' + _th("faithfulness metric", False) + _th("ρ", True)
+                + _th("95 % CI", False) + "</tr></thead><tbody>"]
+        for metric, v in a["correlations"].items():
+            rho = v["rho"]
+            out.append(f'<tr><td class="t">{escape(metric)}</td><td data-v="{"" if rho is None else rho}">'
+                       f'{_rho(rho)}</td><td class="t">[{_rho(v["ci95"][0])}, {_rho(v["ci95"][1])}]</td></tr>')
+        out.append("</tbody></table></div></section>")
     return out
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from sclzoo.evaluator.config import EXECUTION_KEYS
 from sclzoo.evaluator.consistency import PARTS
 from sclzoo.evaluator.results import weights_id
 
@@ -53,6 +54,32 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return float(np.mean(v)) if v else None
 
 
+def _without(cfg: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: v for k, v in cfg.items() if k not in keys and k not in EXECUTION_KEYS}
+
+
+def _same_images_and_methods(meta_cfg: dict[str, Any], group_cfg: dict[str, Any]) -> bool:
+    """Whether a meta result's evaluation config and a leaderboard group's scoring config agree on everything but
+    the list of metrics (dataset, images, target, seed, methods, preprocessing, mask)."""
+    return bool(meta_cfg) and _without(meta_cfg, "metrics") == _without(group_cfg, "metrics")
+
+
+def _same_metric(meta_cfg: dict[str, Any], group_cfg: dict[str, Any], metric: str) -> bool:
+    """Whether ``metric`` has the same parameters (and version) in both configs.
+
+    A metric's scores depend only on its own parameters, the images, the methods and the seed: every random draw
+    is keyed by (seed, metric name, sample id) (evaluator/seeding.py), never by which other metrics run. So a meta
+    result of a config with fewer (or other) metrics still tells how far this metric can be trusted here.
+    """
+    mine = meta_cfg.get("metrics", {}).get(metric)
+    return mine is not None and mine == group_cfg.get("metrics", {}).get(metric)
+
+
+def _preference(doc: dict[str, Any], grp: dict[str, Any]) -> tuple[int, int, str]:
+    """Sort key among one model's matching meta results: the group's exact config first, then more draws."""
+    return (doc["evaluation"]["config_hash"] != grp["config_hash"], -_draws(doc), doc["meta_hash"])
+
+
 def zoo_reliability(board: dict[str, Any], metas: Sequence[Any]) -> dict[str, Any] | None:
     """Per leaderboard group, each metric's MC (and parts) on the zoo from the meta results that match it.
 
@@ -72,27 +99,31 @@ def zoo_reliability(board: dict[str, Any], metas: Sequence[Any]) -> dict[str, An
         by_weights: dict[str, dict[str, Any]] = {}
         for r in rows:
             by_weights.setdefault(r["weights_id"], r)
-        chosen: dict[str, Any] = {}
+        candidates: dict[str, list[Any]] = {}
         for lm in metas:
             doc = lm.doc
             w = weights_id(doc)
-            if (doc["evaluation"]["config_hash"] != grp["config_hash"] or doc["dataset"]["id"] != grp["dataset"]
-                    or w not in by_weights):
+            if doc["dataset"]["id"] != grp["dataset"] or w not in by_weights or not _same_images_and_methods(
+                    doc["evaluation"].get("config", {}), grp.get("config", {})):
                 continue
-            best = chosen.get(w)
-            if best is None or (-_draws(doc), doc["meta_hash"]) < (-_draws(best.doc), best.doc["meta_hash"]):
-                chosen[w] = lm
-        if not chosen:
+            candidates.setdefault(w, []).append(lm)
+        if not candidates:
             continue
-        members = sorted(chosen.items(), key=lambda kv: (by_weights[kv[0]]["objective"], by_weights[kv[0]]["model"],
-                                                         by_weights[kv[0]]["commit_sha"]))
+        order = sorted(candidates, key=lambda w: (by_weights[w]["objective"], by_weights[w]["model"],
+                                                  by_weights[w]["commit_sha"]))
         metrics: dict[str, Any] = {}
+        used: set[str] = set()
         for metric in grp["metrics"]:
             per_model = []
-            for w, lm in members:
-                m = lm.doc["metrics"].get(metric)
-                if m is None:
+            for w in order:
+                # per metric, the preferred meta result of this model that scored it with the group's parameters
+                covering = [lm for lm in candidates[w] if metric in lm.doc["metrics"]
+                            and _same_metric(lm.doc["evaluation"].get("config", {}), grp.get("config", {}), metric)]
+                if not covering:
                     continue
+                lm = min(covering, key=lambda x: _preference(x.doc, grp))
+                m = lm.doc["metrics"][metric]
+                used.add(lm.file)
                 r = by_weights[w]
                 per_model.append({"model": r["model"], "commit_sha": r["commit_sha"], "label": r["label"],
                                   "objective": r["objective"], "file": lm.file,
@@ -109,7 +140,7 @@ def zoo_reliability(board: dict[str, Any], metas: Sequence[Any]) -> dict[str, An
             metrics[metric] = entry
         if metrics:
             out[grp["id"]] = {"config_hash": grp["config_hash"], "dataset": grp["dataset"], "metrics": metrics,
-                              "files": sorted(lm.file for _, lm in members)}
+                              "files": sorted(used)}
     if not out:
         return None
     return {"threshold": MC_THRESHOLD, "groups": out}

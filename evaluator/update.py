@@ -34,9 +34,28 @@ def predict_config_hash(cfg: EvalConfig, model_dir: Path) -> str:
     """The config hash ``evaluate`` will compute for a model folder: the same plan
     (:func:`sclzoo.evaluator.api.plan`: model, data, preprocessing, images, canonical config), nothing computed.
     """
-    from sclzoo.evaluator.api import plan
+    return entry_config(cfg, model_dir)[1]
 
-    return plan(f"local-dir:{model_dir}", cfg).config_hash
+
+def entry_config(cfg: EvalConfig, model_dir: Path) -> tuple[EvalConfig, str]:
+    """The config one registry model is evaluated with, and its hash (nothing computed).
+
+    On a dataset with ground-truth masks (``mnist5k-clutter``) a config that selects no localisation metric gets
+    the whole localisation family added, scored against the dataset's default mask: a model of the ground-truth zoo
+    is always checked against where its evidence really is (docs/protocol.md#localisation). Other datasets keep
+    ``cfg`` as it is.
+    """
+    from sclzoo.evaluator.api import plan
+    from sclzoo.evaluator.metrics import METRICS
+    from sclzoo.zoo.data import MASKED_DATASETS
+
+    p = plan(f"local-dir:{model_dir}", cfg)
+    if (p.data.dataset_id in MASKED_DATASETS and cfg.mask is None
+            and not any(METRICS.get(m).needs_mask for m in cfg.metrics)):
+        extra = tuple(n for n, s in METRICS.items() if s.needs_mask and n not in cfg.metrics)
+        cfg = replace(cfg, metrics=(*cfg.metrics, *extra))
+        p = plan(f"local-dir:{model_dir}", cfg)
+    return cfg, p.config_hash
 
 
 @dataclass(frozen=True)
@@ -67,6 +86,7 @@ class Planned:
     status: str = "todo"
     reason: str = ""
     meta: Path | None = None
+    config: EvalConfig | None = None
 
 
 def plan_update(entries: list[RegistryEntry], results_dir: str | Path, cfg: EvalConfig) -> list[Planned]:
@@ -86,7 +106,7 @@ def plan_update(entries: list[RegistryEntry], results_dir: str | Path, cfg: Eval
             ref, rev = f"hf-hub:{e.id}", e.revision
         try:
             resolved = resolve_model(ref, rev)
-            h = predict_config_hash(cfg, resolved.path)
+            ecfg, h = entry_config(cfg, resolved.path)
         except (ModelNotFoundError, HubError) as err:
             out.append(Planned(e, ref, rev, status="unavailable", reason=_one_line(err)))
             continue
@@ -95,7 +115,7 @@ def plan_update(entries: list[RegistryEntry], results_dir: str | Path, cfg: Eval
             continue
         path = result_path(results_dir, resolved.repo_id, resolved.commit_sha, h)
         out.append(Planned(e, ref, rev, resolved.repo_id, resolved.commit_sha, h, path,
-                           "up-to-date" if path.is_file() else "todo"))
+                           "up-to-date" if path.is_file() else "todo", config=ecfg))
     return out
 
 
@@ -195,7 +215,7 @@ def run_update(
             continue
         log(f"evaluating {p.entry.id} ({p.ref}) …")
         try:
-            res = evaluate_fn(p.ref, revision=p.revision, out=results_dir, config=cfg, progress=progress,
+            res = evaluate_fn(p.ref, revision=p.revision, out=results_dir, config=p.config or cfg, progress=progress,
                               command=command, provenance_source=provenance_source, resume=True)
         except Exception as err:  # one broken model must not stop the others; reported at the end
             failed.append(replace(p, status="failed", reason=_one_line(err)))
@@ -218,7 +238,7 @@ def run_update(
                 continue
             log(f"meta-evaluating {p.entry.id} ({p.ref}) …")
             try:
-                res = meta_fn(p.ref, revision=p.revision, out=results_dir, config=cfg, progress=progress,
+                res = meta_fn(p.ref, revision=p.revision, out=results_dir, config=p.config or cfg, progress=progress,
                               command=command, provenance_source=provenance_source, resume=True)
             except Exception as err:  # one broken model must not stop the others; reported at the end
                 failed.append(replace(p, status="failed", reason=f"meta-evaluation: {_one_line(err)}"))

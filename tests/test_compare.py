@@ -4,13 +4,22 @@ synthetic per-sample scores whose answer is known."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from lb_synth import shifted_zoo, write_synthetic
 
-from sclzoo.evaluator.compare import SampleScores, compare_folder, compare_records, holm, paired_test
+from sclzoo.evaluator.compare import (
+    SampleScores,
+    compare_folder,
+    compare_records,
+    format_markdown,
+    holm,
+    paired_test,
+    training_of,
+)
 
 
 def _record(objective: str, scores: dict[tuple[str, str], np.ndarray], *, ids: np.ndarray | None = None,
@@ -131,3 +140,28 @@ def test_comparison_is_deterministic(tmp_path: Path) -> None:
     write_synthetic(tmp_path, "ce", {"saliency": {"sparseness": rng.normal(size=20)}}, revision="r9")
     a = json.dumps(compare_folder(tmp_path), sort_keys=True)
     assert a == json.dumps(compare_folder(tmp_path), sort_keys=True)
+
+
+def test_only_models_trained_the_same_way_are_compared() -> None:
+    """An in-domain (patch-deletion) SupCon model is never paired with a standard SimCLR model: the difference would
+    be the augmentation's as much as the objective's."""
+    rng = np.random.default_rng(0)
+    s = {("saliency", "sparseness"): rng.uniform(size=20)}
+    pd = "patch deletion g4 v0.0 p0.5"
+    recs = [_record("supcon", s), _record("simclr", s), _record("supcon", s), _record("simclr", s)]
+    recs[2] = replace(recs[2], model="local/supcon-pd", commit_sha="d" * 40, training=pd)
+    recs[3] = replace(recs[3], model="local/simclr-pd", commit_sha="e" * 40, training=pd)
+    report = compare_records(recs)
+    assert sorted(g["training"] for g in report["groups"]) == [pd, "standard"]
+    for g in report["groups"]:
+        (c,) = g["comparisons"]
+        models = {c["a"]["model"], c["b"]["model"]}
+        assert models == ({"local/supcon-pd", "local/simclr-pd"} if g["training"] == pd
+                          else {"local/supcon", "local/simclr"})
+    assert sorted(c["training"] for c in report["claim_check"]) == [pd, "standard"]
+    assert f"trained with {pd}" in format_markdown(report)
+
+
+def test_training_of_a_result_model_block() -> None:
+    assert training_of({"id": "m"}) == "standard"
+    assert training_of({"patch_deletion": {"grid": 4, "value": 0.0, "p": 0.5}}) == "patch deletion g4 v0.0 p0.5"

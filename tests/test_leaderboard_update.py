@@ -110,3 +110,19 @@ def test_real_update_with_a_tiny_config(zoo: dict[str, Path], capsys: pytest.Cap
     out = capsys.readouterr().out
     assert "up-to-date  sclzoo/resnet8_cifar.ce_mnist5k" in out and "evaluated 0 of 1" in out
     assert (zoo["out"] / "img").is_dir() and "gallery" in (zoo["out"] / "index.html").read_text()
+
+
+def test_a_ground_truth_zoo_model_gets_the_localisation_family_and_others_keep_the_preset() -> None:
+    from helpers import REPO_ROOT
+
+    from sclzoo.evaluator.metrics import METRICS
+    from sclzoo.evaluator.update import entry_config
+
+    cfg = build_config(preset="standard")
+    localisation = {n for n, s in METRICS.items() if s.needs_mask}
+    clutter, h = entry_config(cfg, REPO_ROOT / "zoo" / "models" / "resnet8_cifar.ce_mnist5k-clutter")
+    assert clutter.metrics[:len(cfg.metrics)] == cfg.metrics and set(clutter.metrics) - set(cfg.metrics) == localisation
+    mnist, h2 = entry_config(cfg, REPO_ROOT / "zoo" / "models" / "resnet8_cifar.ce_mnist5k")
+    assert mnist == cfg and h != h2
+    asked = build_config(preset="standard", metrics=("sparseness", "pointing_game"), mask="ink")
+    assert entry_config(asked, REPO_ROOT / "zoo" / "models" / "resnet8_cifar.ce_mnist5k-clutter")[0] == asked

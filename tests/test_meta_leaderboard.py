@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import REPO_ROOT as REPO
 from helpers import registry_toml, sha256_tree, stub_evaluate
 from lb_synth import shifted_zoo, write_synthetic_meta
 
@@ -153,3 +154,43 @@ def test_update_reports_a_failing_meta_evaluation_after_the_rest(tmp_path: Path,
                    evaluate_fn=stub_evaluate([]), meta_fn=meta_fn, log=lambda s: None, meta=True)
     assert calls == [bundled["ce"].name, bundled["supcon"].name]  # the second is tried after the first failed
     assert (tmp_path / "lb" / "leaderboard.json").is_file()
+
+
+def test_a_meta_result_counts_per_metric_when_only_the_metric_list_differs() -> None:
+    """A meta result of a config with fewer metrics still covers each metric it scored with the same parameters
+    (evaluator/reliability.py: draws are keyed by metric name, never by the other metrics)."""
+    from sclzoo.evaluator.reliability import _same_images_and_methods, _same_metric
+
+    meta_cfg = {"dataset": "mnist5k", "seed": 0, "batch_size": 64, "device": "cpu",
+                "methods": {"saliency": {"abs": True}},
+                "metrics": {"sparseness": {"version": 1}, "max_sensitivity": {"version": 2, "radius": 0.05}}}
+    group_cfg = {"dataset": "mnist5k", "seed": 0, "methods": {"saliency": {"abs": True}},
+                 "metrics": {**meta_cfg["metrics"], "single_deletion": {"version": 1, "grid": 4}}}
+    assert _same_images_and_methods(meta_cfg, group_cfg)  # execution keys (batch_size, device) do not count
+    assert _same_metric(meta_cfg, group_cfg, "sparseness") and _same_metric(meta_cfg, group_cfg, "max_sensitivity")
+    assert not _same_metric(meta_cfg, group_cfg, "single_deletion")  # never meta-evaluated
+    other = {**group_cfg, "metrics": {**group_cfg["metrics"], "max_sensitivity": {"version": 2, "radius": 0.1}}}
+    assert not _same_metric(meta_cfg, other, "max_sensitivity")  # other parameters: other scores
+    assert not _same_images_and_methods(meta_cfg, {**group_cfg, "seed": 1})
+    assert not _same_images_and_methods(meta_cfg, {**group_cfg, "methods": {"saliency": {"abs": False}}})
+    assert not _same_images_and_methods({}, group_cfg)
+
+
+def test_the_committed_leaderboard_takes_each_metric_s_mc_from_the_meta_result_that_scored_it() -> None:
+    """The committed MNIST-5k group's 8 original metrics come from meta results made before single_deletion joined
+    the standard preset, single_deletion's from a meta result of it alone: neither under the group's config hash."""
+    board = json.loads((REPO / "leaderboard" / "leaderboard.json").read_text())
+    groups = {g["id"]: g for g in board["groups"]}
+    rel = board["reliability"]["groups"]
+    mnist = [gid for gid in rel if groups[gid]["dataset"] == "mnist5k"]
+    assert mnist
+    for gid in mnist:
+        metrics = rel[gid]["metrics"]
+        assert set(groups[gid]["metrics"]) == set(metrics)  # every metric of the claim check has an MC
+        for metric, v in metrics.items():
+            assert v["n_models"] == 4
+            for m in v["models"]:
+                meta = json.loads((REPO / "leaderboard" / "results" / m["file"]).read_text())
+                assert meta["evaluation"]["config_hash"] != groups[gid]["config_hash"]
+                assert set(meta["metrics"]) == ({"single_deletion"} if metric == "single_deletion"
+                                                else set(metrics) - {"single_deletion"})
