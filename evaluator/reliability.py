@@ -60,8 +60,9 @@ def _without(cfg: dict[str, Any], *keys: str) -> dict[str, Any]:
 
 def _same_images_and_methods(meta_cfg: dict[str, Any], group_cfg: dict[str, Any]) -> bool:
     """Whether a meta result's evaluation config and a leaderboard group's scoring config agree on everything but
-    the list of metrics (dataset, images, target, seed, methods, preprocessing, mask)."""
-    return bool(meta_cfg) and _without(meta_cfg, "metrics") == _without(group_cfg, "metrics")
+    the list of metrics (dataset, images, target, seed, methods, preprocessing). The ground-truth mask only matters
+    to the metrics that read it (:func:`_same_metric`)."""
+    return bool(meta_cfg) and _without(meta_cfg, "metrics", "mask") == _without(group_cfg, "metrics", "mask")
 
 
 def _same_metric(meta_cfg: dict[str, Any], group_cfg: dict[str, Any], metric: str) -> bool:
@@ -71,8 +72,12 @@ def _same_metric(meta_cfg: dict[str, Any], group_cfg: dict[str, Any], metric: st
     is keyed by (seed, metric name, sample id) (evaluator/seeding.py), never by which other metrics run. So a meta
     result of a config with fewer (or other) metrics still tells how far this metric can be trusted here.
     """
+    from sclzoo.evaluator.metrics import METRICS
+
     mine = meta_cfg.get("metrics", {}).get(metric)
-    return mine is not None and mine == group_cfg.get("metrics", {}).get(metric)
+    if mine is None or mine != group_cfg.get("metrics", {}).get(metric):
+        return False
+    return metric not in METRICS or not METRICS.get(metric).needs_mask or meta_cfg.get("mask") == group_cfg.get("mask")
 
 
 def _preference(doc: dict[str, Any], grp: dict[str, Any]) -> tuple[int, int, str]:

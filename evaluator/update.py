@@ -23,7 +23,7 @@ from typing import Any
 
 from sclzoo.errors import HubError, ModelLoadError, ModelNotFoundError, ResultError, SclzooError
 from sclzoo.evaluator.config import EvalConfig
-from sclzoo.evaluator.results import result_path
+from sclzoo.evaluator.results import read_result, result_path
 from sclzoo.zoo.catalog import RegistryEntry, load_registry
 
 __all__ = ["RegistryEntry", "Planned", "UpdateReport", "load_registry", "predict_config_hash", "plan_update",
@@ -38,12 +38,18 @@ def predict_config_hash(cfg: EvalConfig, model_dir: Path) -> str:
 
 
 def entry_config(cfg: EvalConfig, model_dir: Path) -> tuple[EvalConfig, str]:
+    """:func:`entry_plan` without the canonical config."""
+    ecfg, h, _ = entry_plan(cfg, model_dir)
+    return ecfg, h
+
+
+def entry_plan(cfg: EvalConfig, model_dir: Path) -> tuple[EvalConfig, str, dict[str, Any]]:
     """The config one registry model is evaluated with, and its hash (nothing computed).
 
     On a dataset with ground-truth masks (``mnist5k-clutter``) a config that selects no localisation metric gets
     the whole localisation family added, scored against the dataset's default mask: a model of the ground-truth zoo
     is always checked against where its evidence really is (docs/protocol.md#localisation). Other datasets keep
-    ``cfg`` as it is.
+    ``cfg`` as it is. Returns the config, its hash and its canonical form.
     """
     from sclzoo.evaluator.api import plan
     from sclzoo.evaluator.metrics import METRICS
@@ -55,7 +61,7 @@ def entry_config(cfg: EvalConfig, model_dir: Path) -> tuple[EvalConfig, str]:
         extra = tuple(n for n, s in METRICS.items() if s.needs_mask and n not in cfg.metrics)
         cfg = replace(cfg, metrics=(*cfg.metrics, *extra))
         p = plan(f"local-dir:{model_dir}", cfg)
-    return cfg, p.config_hash
+    return cfg, p.config_hash, p.canonical
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,9 @@ class Planned:
     reason: str = ""
     meta: Path | None = None
     config: EvalConfig | None = None
+    canonical: dict[str, Any] = field(default_factory=dict)
+    meta_metrics: tuple[str, ...] = ()
+    meta_covered_by: tuple[str, ...] = ()
 
 
 def plan_update(entries: list[RegistryEntry], results_dir: str | Path, cfg: EvalConfig) -> list[Planned]:
@@ -106,7 +115,7 @@ def plan_update(entries: list[RegistryEntry], results_dir: str | Path, cfg: Eval
             ref, rev = f"hf-hub:{e.id}", e.revision
         try:
             resolved = resolve_model(ref, rev)
-            ecfg, h = entry_config(cfg, resolved.path)
+            ecfg, h, canonical = entry_plan(cfg, resolved.path)
         except (ModelNotFoundError, HubError) as err:
             out.append(Planned(e, ref, rev, status="unavailable", reason=_one_line(err)))
             continue
@@ -115,7 +124,7 @@ def plan_update(entries: list[RegistryEntry], results_dir: str | Path, cfg: Eval
             continue
         path = result_path(results_dir, resolved.repo_id, resolved.commit_sha, h)
         out.append(Planned(e, ref, rev, resolved.repo_id, resolved.commit_sha, h, path,
-                           "up-to-date" if path.is_file() else "todo", config=ecfg))
+                           "up-to-date" if path.is_file() else "todo", config=ecfg, canonical=canonical))
     return out
 
 
@@ -145,6 +154,48 @@ def _meta_file(p: Planned, results_dir: str | Path) -> Path:
     from sclzoo.evaluator.meta_results import meta_path
 
     return meta_path(results_dir, p.repo_id, p.commit_sha, meta_hash(p.config_hash, MetaConfig().canonical()))
+
+
+def _plan_meta(p: Planned, results_dir: str | Path) -> Planned:
+    """Which of the entry's metrics still need a meta-evaluation, and where it will be written.
+
+    A metric is covered when a valid meta result of the same weights already scored it under the same images,
+    methods and metric parameters (evaluator/reliability.py: a metric's scores do not depend on the other
+    metrics), so adding a metric to the preset meta-evaluates that metric alone. The meta file of the remaining
+    metrics is predicted from the hash of the entry's config restricted to them (nothing loaded).
+    """
+    from sclzoo.evaluator.meta import MetaConfig, meta_hash
+    from sclzoo.evaluator.meta_results import is_meta_file, meta_path, validate_meta
+    from sclzoo.evaluator.reliability import _same_images_and_methods, _same_metric
+
+    cfg = p.config
+    if cfg is None or not p.config_hash:
+        return p
+    folder = meta_path(results_dir, p.repo_id, p.commit_sha, "0" * 64).parent
+    covered: dict[str, str] = {}
+    if folder.is_dir():
+        for f in sorted(folder.glob("*.meta.json")):
+            if not is_meta_file(f) or validate_meta(f, check_draws=False):
+                continue  # an invalid meta result covers nothing (the leaderboard skips it too)
+            doc = read_result(f)
+            mcfg = doc.get("evaluation", {}).get("config", {})
+            if not _same_images_and_methods(mcfg, p.canonical):
+                continue
+            for metric in cfg.metrics:
+                if metric not in covered and metric in doc.get("metrics", {}) and _same_metric(mcfg, p.canonical,
+                                                                                                metric):
+                    covered[metric] = f.name
+    todo = tuple(m for m in cfg.metrics if m not in covered)
+    files = tuple(sorted(set(covered.values())))
+    if not todo:
+        return replace(p, meta=folder / files[0], meta_metrics=(), meta_covered_by=files)
+    if todo == tuple(cfg.metrics):
+        return replace(p, meta=_meta_file(p, results_dir), meta_metrics=todo)
+    from sclzoo.evaluator.api import plan
+
+    h = plan(p.ref, replace(cfg, metrics=todo), revision=p.revision).config_hash  # e.g. no mask without localisation
+    return replace(p, meta=meta_path(results_dir, p.repo_id, p.commit_sha, meta_hash(h, MetaConfig().canonical())),
+                   meta_metrics=todo, meta_covered_by=files)
 
 
 def run_update(
@@ -198,13 +249,19 @@ def run_update(
     entries = load_registry(registry)
     planned = plan_update(entries, results_dir, cfg)
     if meta:
-        planned = [replace(p, meta=_meta_file(p, results_dir)) if p.config_hash else p for p in planned]
+        planned = [_plan_meta(p, results_dir) if p.config_hash else p for p in planned]
     for p in planned:
         where = f"{p.repo_id}@{p.commit_sha[:7]} config {p.config_hash[:12]}" if p.config_hash else p.ref
         log(f"{p.status:<11} {p.entry.id}: {where}" + (f" ({p.reason})" if p.reason else ""))
         if p.meta is not None:
-            log(f"{'up-to-date' if p.meta.is_file() else 'todo':<11} {p.entry.id}: meta-evaluation "
-                f"{p.meta.name[:12]}")
+            files = ", ".join(n[:12] for n in p.meta_covered_by)
+            if p.meta_covered_by and not p.meta_metrics:
+                log(f"{'up-to-date':<11} {p.entry.id}: meta-evaluation of every metric in {files}")
+            else:
+                which = f" of {', '.join(p.meta_metrics)}" if p.meta_covered_by else ""
+                covered = f" (the other metrics: {files})" if p.meta_covered_by else ""
+                log(f"{'up-to-date' if p.meta.is_file() else 'todo':<11} {p.entry.id}: meta-evaluation{which} "
+                    f"{p.meta.name[:12]}{covered}")
     evaluated: list[Planned] = []
     warnings: list[str] = []
     if dry_run:
@@ -238,7 +295,10 @@ def run_update(
                 continue
             log(f"meta-evaluating {p.entry.id} ({p.ref}) …")
             try:
-                res = meta_fn(p.ref, revision=p.revision, out=results_dir, config=p.config or cfg, progress=progress,
+                mcfg = p.config or cfg
+                if p.meta_metrics and tuple(p.meta_metrics) != tuple(mcfg.metrics):
+                    mcfg = replace(mcfg, metrics=tuple(p.meta_metrics))  # the others are covered already
+                res = meta_fn(p.ref, revision=p.revision, out=results_dir, config=mcfg, progress=progress,
                               command=command, provenance_source=provenance_source, resume=True)
             except Exception as err:  # one broken model must not stop the others; reported at the end
                 failed.append(replace(p, status="failed", reason=f"meta-evaluation: {_one_line(err)}"))

@@ -128,7 +128,23 @@ def test_update_meta_evaluates_what_is_missing_then_nothing(tmp_path: Path, bund
     calls: list[str] = []
     lines.clear()
     run_update(cfg, evaluate_fn=stub_evaluate(calls), meta_fn=lambda *a, **k: calls.append("meta"), **kw)
-    assert calls == [] and any("up-to-date" in s and "meta-evaluation" in s for s in lines)
+    assert calls == [] and any("up-to-date" in s and "meta-evaluation of every metric" in s for s in lines)
+
+    # a metric joins the config: it alone is meta-evaluated, the board takes each metric's MC from its own file
+    more = cfg.replace(metrics=("sparseness", "complexity", "effective_complexity"))
+    lines.clear()
+    report = run_update(more, **kw)
+    (planned,) = report.planned
+    assert planned.meta_metrics == ("effective_complexity",) and planned.meta_covered_by
+    assert planned.meta is not None and planned.meta.is_file() and report.warnings == []
+    assert any("meta-evaluation of effective_complexity" in s for s in lines)
+    new_meta = json.loads(planned.meta.read_text())
+    assert set(new_meta["metrics"]) == {"effective_complexity"}
+    board = json.loads((tmp_path / "lb" / "leaderboard.json").read_text())
+    rel = board["reliability"]["groups"]["g1"]["metrics"]
+    assert set(rel) == {"sparseness", "complexity", "effective_complexity"}
+    assert rel["effective_complexity"]["models"][0]["file"].endswith(planned.meta.name)
+    assert rel["sparseness"]["models"][0]["file"].endswith(planned.meta_covered_by[0])
 
 
 @pytest.mark.integration
