@@ -345,14 +345,16 @@ def _proxies_html(comparison: dict[str, Any]) -> list[str]:
                 f"<p>Spearman rank correlation across {a['n_cells']} (model, method) cells between the mean "
                 f"<code>{escape(a['reference'])}</code> (attribution inside the ground-truth mask) and the mean of "
                 "each faithfulness metric, signed so that positive = the proxy ranks explanations as the ground "
-                f"truth does; 95 % CI by bootstrap over the {a['n_images']} images.</p>",
+                f"truth does; 95 % CIs by bootstrap over the cells (which models and methods) and over the "
+                f"{a['n_images']} images.</p>",
                 _frame(f"gt-{a['config_hash'][:12]}", "Ground-truth agreement table"),
                 '<table class="sortable"><thead><tr>' + _th("faithfulness metric", False) + _th("ρ", True)
-                + _th("95 % CI", False) + "</tr></thead><tbody>"]
+                + _th("95 % CI, cells", False) + _th("95 % CI, images", False) + "</tr></thead><tbody>"]
         for metric, v in a["correlations"].items():
             rho = v["rho"]
             out.append(f'<tr><td class="t">{escape(metric)}</td><td data-v="{"" if rho is None else rho}">'
-                       f'{_rho(rho)}</td><td class="t">[{_rho(v["ci95"][0])}, {_rho(v["ci95"][1])}]</td></tr>')
+                       f'{_rho(rho)}</td><td class="t">[{_rho(v["ci95_cells"][0])}, {_rho(v["ci95_cells"][1])}]</td>'
+                       f'<td class="t">[{_rho(v["ci95"][0])}, {_rho(v["ci95"][1])}]</td></tr>')
         out.append("</tbody></table></div></section>")
     return out
 

@@ -43,7 +43,7 @@ def test_a_proxy_that_follows_the_ground_truth_correlates_and_one_that_inverts_i
     (a,) = ground_truth_agreement(_zoo(), n_bootstrap=200)
     assert a["n_cells"] == 8 and a["n_images"] == 40 and a["reference"] == "relevance_mass_accuracy"
     fc, da, sd = (a["correlations"][m] for m in ("faithfulness_correlation", "deletion_auc", "single_deletion"))
-    assert fc["rho"] == pytest.approx(1.0) and fc["ci95"][0] > 0.9
+    assert fc["rho"] == pytest.approx(1.0) and fc["ci95"][0] > 0.9 and fc["ci95_cells"][0] > 0.9
     assert da["rho"] == pytest.approx(-1.0) and da["ci95"][1] < -0.9  # lower-is-better metric, negated
     assert abs(sd["rho"]) < 0.9 and sd["ci95"][0] < sd["rho"] < sd["ci95"][1]
     assert ground_truth_agreement(_zoo(), n_bootstrap=200) == ground_truth_agreement(_zoo(), n_bootstrap=200)
@@ -57,7 +57,7 @@ def test_no_ground_truth_metric_means_no_agreement_entry() -> None:
 
 def test_too_few_cells_give_no_correlation() -> None:
     (a,) = ground_truth_agreement(_zoo()[:1], n_bootstrap=50)  # 2 cells
-    assert all(v["rho"] is None and v["ci95"] == [None, None] for v in a["correlations"].values())
+    assert all(v["rho"] is None and v["ci95"] == v["ci95_cells"] == [None, None] for v in a["correlations"].values())
 
 
 def test_deletion_check_lists_where_the_two_deletions_disagree() -> None:
