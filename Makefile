@@ -19,7 +19,7 @@ CLUTTER_ZOO := resnet8_cifar.ce_mnist5k-clutter resnet8_cifar.supcon_mnist5k-clu
                resnet8_cifar.simclr_mnist5k-clutter resnet8_cifar.triplet_mnist5k-clutter
 ZOO     := $(DEMO_ZOO) $(INDOMAIN_ZOO) $(CLUTTER_ZOO)
 DEMO_METHODS ?= saliency,integrated_gradients,gradcam
-DEMO_METRICS ?= faithfulness_correlation,deletion_auc,insertion_auc,sparseness,complexity,effective_complexity,max_sensitivity,avg_sensitivity
+DEMO_METRICS ?= faithfulness_correlation,deletion_auc,insertion_auc,single_deletion,sparseness,complexity,effective_complexity,max_sensitivity,avg_sensitivity
 
 .PHONY: gpu-check install demo test test-integration test-reference test-slow test-all lint zoo cards cards-check listing leaderboard clean help bench publish-results
 
