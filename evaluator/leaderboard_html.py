@@ -312,13 +312,10 @@ def _training(g: dict[str, Any]) -> str:
     return "" if t == "standard" else f" · trained with {escape(str(t))}"
 
 
-def _rho(v: float | None) -> str:
-    return "–" if v is None else f"{v:+.2f}"
-
-
 def _proxies_html(comparison: dict[str, Any]) -> list[str]:
     """Deletion vs single deletion, and each faithfulness proxy against the ground truth (evaluator/proxies.py)."""
     from sclzoo.evaluator.compare import objective_name
+    from sclzoo.evaluator.proxies import format_rho as _rho
 
     out: list[str] = []
     deletion = comparison.get("deletion_check", [])

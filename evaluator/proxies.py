@@ -29,7 +29,8 @@ from scipy import stats
 
 from sclzoo.evaluator.compare import SampleScores, objective_name
 
-__all__ = ["REFERENCE", "N_BOOTSTRAP", "ground_truth_agreement", "deletion_vs_single_deletion", "format_markdown"]
+__all__ = ["REFERENCE", "N_BOOTSTRAP", "ground_truth_agreement", "deletion_vs_single_deletion", "format_markdown",
+           "format_rho"]
 
 REFERENCE = "relevance_mass_accuracy"
 N_BOOTSTRAP = 1000
@@ -132,7 +133,8 @@ def deletion_vs_single_deletion(comparison: dict[str, Any]) -> list[dict[str, An
     return out
 
 
-def _fmt(v: float | None) -> str:
+def format_rho(v: float | None) -> str:
+    """A correlation for tables (signed, 2 decimals; a dash when undefined); the HTML page uses it too."""
     return "–" if v is None else f"{v:+.2f}"
 
 
@@ -165,7 +167,7 @@ def format_markdown(agreement: list[dict[str, Any]], deletion: list[dict[str, An
         for metric, v in a["correlations"].items():
             arrow = "↑" if v["higher_is_better"] else "↓ (negated)"
             cc = v.get("ci95_cells", [None, None])
-            lines.append(f"| {metric} {arrow} | {_fmt(v['rho'])} | [{_fmt(cc[0])}, {_fmt(cc[1])}] | "
-                         f"[{_fmt(v['ci95'][0])}, {_fmt(v['ci95'][1])}] |")
+            lines.append(f"| {metric} {arrow} | {format_rho(v['rho'])} | [{format_rho(cc[0])}, {format_rho(cc[1])}] | "
+                         f"[{format_rho(v['ci95'][0])}, {format_rho(v['ci95'][1])}] |")
         lines.append("")
     return "\n".join(lines)

@@ -58,14 +58,14 @@ def _without(cfg: dict[str, Any], *keys: str) -> dict[str, Any]:
     return {k: v for k, v in cfg.items() if k not in keys and k not in EXECUTION_KEYS}
 
 
-def _same_images_and_methods(meta_cfg: dict[str, Any], group_cfg: dict[str, Any]) -> bool:
+def same_images_and_methods(meta_cfg: dict[str, Any], group_cfg: dict[str, Any]) -> bool:
     """Whether a meta result's evaluation config and a leaderboard group's scoring config agree on everything but
     the list of metrics (dataset, images, target, seed, methods, preprocessing). The ground-truth mask only matters
-    to the metrics that read it (:func:`_same_metric`)."""
+    to the metrics that read it (:func:`same_metric`)."""
     return bool(meta_cfg) and _without(meta_cfg, "metrics", "mask") == _without(group_cfg, "metrics", "mask")
 
 
-def _same_metric(meta_cfg: dict[str, Any], group_cfg: dict[str, Any], metric: str) -> bool:
+def same_metric(meta_cfg: dict[str, Any], group_cfg: dict[str, Any], metric: str) -> bool:
     """Whether ``metric`` has the same parameters (and version) in both configs.
 
     A metric's scores depend only on its own parameters, the images, the methods and the seed: every random draw
@@ -108,7 +108,7 @@ def zoo_reliability(board: dict[str, Any], metas: Sequence[Any]) -> dict[str, An
         for lm in metas:
             doc = lm.doc
             w = weights_id(doc)
-            if doc["dataset"]["id"] != grp["dataset"] or w not in by_weights or not _same_images_and_methods(
+            if doc["dataset"]["id"] != grp["dataset"] or w not in by_weights or not same_images_and_methods(
                     doc["evaluation"].get("config", {}), grp.get("config", {})):
                 continue
             candidates.setdefault(w, []).append(lm)
@@ -123,7 +123,7 @@ def zoo_reliability(board: dict[str, Any], metas: Sequence[Any]) -> dict[str, An
             for w in order:
                 # per metric, the preferred meta result of this model that scored it with the group's parameters
                 covering = [lm for lm in candidates[w] if metric in lm.doc["metrics"]
-                            and _same_metric(lm.doc["evaluation"].get("config", {}), grp.get("config", {}), metric)]
+                            and same_metric(lm.doc["evaluation"].get("config", {}), grp.get("config", {}), metric)]
                 if not covering:
                     continue
                 lm = min(covering, key=lambda x: _preference(x.doc, grp))

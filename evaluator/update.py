@@ -166,7 +166,7 @@ def _plan_meta(p: Planned, results_dir: str | Path) -> Planned:
     """
     from sclzoo.evaluator.meta import MetaConfig, meta_hash
     from sclzoo.evaluator.meta_results import is_meta_file, meta_path, validate_meta
-    from sclzoo.evaluator.reliability import _same_images_and_methods, _same_metric
+    from sclzoo.evaluator.reliability import same_images_and_methods, same_metric
 
     cfg = p.config
     if cfg is None or not p.config_hash:
@@ -179,10 +179,10 @@ def _plan_meta(p: Planned, results_dir: str | Path) -> Planned:
                 continue  # an invalid meta result covers nothing (the leaderboard skips it too)
             doc = read_result(f)
             mcfg = doc.get("evaluation", {}).get("config", {})
-            if not _same_images_and_methods(mcfg, p.canonical):
+            if not same_images_and_methods(mcfg, p.canonical):
                 continue
             for metric in cfg.metrics:
-                if metric not in covered and metric in doc.get("metrics", {}) and _same_metric(mcfg, p.canonical,
+                if metric not in covered and metric in doc.get("metrics", {}) and same_metric(mcfg, p.canonical,
                                                                                                 metric):
                     covered[metric] = f.name
     todo = tuple(m for m in cfg.metrics if m not in covered)

@@ -175,21 +175,21 @@ def test_update_reports_a_failing_meta_evaluation_after_the_rest(tmp_path: Path,
 def test_a_meta_result_counts_per_metric_when_only_the_metric_list_differs() -> None:
     """A meta result of a config with fewer metrics still covers each metric it scored with the same parameters
     (evaluator/reliability.py: draws are keyed by metric name, never by the other metrics)."""
-    from sclzoo.evaluator.reliability import _same_images_and_methods, _same_metric
+    from sclzoo.evaluator.reliability import same_images_and_methods, same_metric
 
     meta_cfg = {"dataset": "mnist5k", "seed": 0, "batch_size": 64, "device": "cpu",
                 "methods": {"saliency": {"abs": True}},
                 "metrics": {"sparseness": {"version": 1}, "max_sensitivity": {"version": 2, "radius": 0.05}}}
     group_cfg = {"dataset": "mnist5k", "seed": 0, "methods": {"saliency": {"abs": True}},
                  "metrics": {**meta_cfg["metrics"], "single_deletion": {"version": 1, "grid": 4}}}
-    assert _same_images_and_methods(meta_cfg, group_cfg)  # execution keys (batch_size, device) do not count
-    assert _same_metric(meta_cfg, group_cfg, "sparseness") and _same_metric(meta_cfg, group_cfg, "max_sensitivity")
-    assert not _same_metric(meta_cfg, group_cfg, "single_deletion")  # never meta-evaluated
+    assert same_images_and_methods(meta_cfg, group_cfg)  # execution keys (batch_size, device) do not count
+    assert same_metric(meta_cfg, group_cfg, "sparseness") and same_metric(meta_cfg, group_cfg, "max_sensitivity")
+    assert not same_metric(meta_cfg, group_cfg, "single_deletion")  # never meta-evaluated
     other = {**group_cfg, "metrics": {**group_cfg["metrics"], "max_sensitivity": {"version": 2, "radius": 0.1}}}
-    assert not _same_metric(meta_cfg, other, "max_sensitivity")  # other parameters: other scores
-    assert not _same_images_and_methods(meta_cfg, {**group_cfg, "seed": 1})
-    assert not _same_images_and_methods(meta_cfg, {**group_cfg, "methods": {"saliency": {"abs": False}}})
-    assert not _same_images_and_methods({}, group_cfg)
+    assert not same_metric(meta_cfg, other, "max_sensitivity")  # other parameters: other scores
+    assert not same_images_and_methods(meta_cfg, {**group_cfg, "seed": 1})
+    assert not same_images_and_methods(meta_cfg, {**group_cfg, "methods": {"saliency": {"abs": False}}})
+    assert not same_images_and_methods({}, group_cfg)
 
 
 def test_the_committed_leaderboard_takes_each_metric_s_mc_from_the_meta_result_that_scored_it() -> None:
