@@ -34,13 +34,7 @@ def predict_config_hash(cfg: EvalConfig, model_dir: Path) -> str:
     """The config hash ``evaluate`` will compute for a model folder: the same plan
     (:func:`sclzoo.evaluator.api.plan`: model, data, preprocessing, images, canonical config), nothing computed.
     """
-    return entry_config(cfg, model_dir)[1]
-
-
-def entry_config(cfg: EvalConfig, model_dir: Path) -> tuple[EvalConfig, str]:
-    """:func:`entry_plan` without the canonical config."""
-    ecfg, h, _ = entry_plan(cfg, model_dir)
-    return ecfg, h
+    return entry_plan(cfg, model_dir)[1]
 
 
 def entry_plan(cfg: EvalConfig, model_dir: Path) -> tuple[EvalConfig, str, dict[str, Any]]:
@@ -162,10 +156,11 @@ def _plan_meta(p: Planned, results_dir: str | Path) -> Planned:
     A metric is covered when a valid meta result of the same weights already scored it under the same images,
     methods and metric parameters (evaluator/reliability.py: a metric's scores do not depend on the other
     metrics), so adding a metric to the preset meta-evaluates that metric alone. The meta file of the remaining
-    metrics is predicted from the hash of the entry's config restricted to them (nothing loaded).
+    metrics is predicted from the hash of the entry's config restricted to them (planned again, nothing computed:
+    dropping the localisation metrics also drops the mask from the config).
     """
     from sclzoo.evaluator.meta import MetaConfig, meta_hash
-    from sclzoo.evaluator.meta_results import is_meta_file, meta_path, validate_meta
+    from sclzoo.evaluator.meta_results import meta_path, validate_meta
     from sclzoo.evaluator.reliability import same_images_and_methods, same_metric
 
     cfg = p.config
@@ -175,7 +170,7 @@ def _plan_meta(p: Planned, results_dir: str | Path) -> Planned:
     covered: dict[str, str] = {}
     if folder.is_dir():
         for f in sorted(folder.glob("*.meta.json")):
-            if not is_meta_file(f) or validate_meta(f, check_draws=False):
+            if validate_meta(f, check_draws=False):
                 continue  # an invalid meta result covers nothing (the leaderboard skips it too)
             doc = read_result(f)
             mcfg = doc.get("evaluation", {}).get("config", {})

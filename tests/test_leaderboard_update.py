@@ -116,13 +116,13 @@ def test_a_ground_truth_zoo_model_gets_the_localisation_family_and_others_keep_t
     from helpers import REPO_ROOT
 
     from sclzoo.evaluator.metrics import METRICS
-    from sclzoo.evaluator.update import entry_config
+    from sclzoo.evaluator.update import entry_plan
 
     cfg = build_config(preset="standard")
     localisation = {n for n, s in METRICS.items() if s.needs_mask}
-    clutter, h = entry_config(cfg, REPO_ROOT / "zoo" / "models" / "resnet8_cifar.ce_mnist5k-clutter")
+    clutter, h, _ = entry_plan(cfg, REPO_ROOT / "zoo" / "models" / "resnet8_cifar.ce_mnist5k-clutter")
     assert clutter.metrics[:len(cfg.metrics)] == cfg.metrics and set(clutter.metrics) - set(cfg.metrics) == localisation
-    mnist, h2 = entry_config(cfg, REPO_ROOT / "zoo" / "models" / "resnet8_cifar.ce_mnist5k")
+    mnist, h2, _ = entry_plan(cfg, REPO_ROOT / "zoo" / "models" / "resnet8_cifar.ce_mnist5k")
     assert mnist == cfg and h != h2
     asked = build_config(preset="standard", metrics=("sparseness", "pointing_game"), mask="ink")
-    assert entry_config(asked, REPO_ROOT / "zoo" / "models" / "resnet8_cifar.ce_mnist5k-clutter")[0] == asked
+    assert entry_plan(asked, REPO_ROOT / "zoo" / "models" / "resnet8_cifar.ce_mnist5k-clutter")[0] == asked
