@@ -256,7 +256,17 @@ def test_gradient_chunks_bound_memory_without_changing_maps(method: str, monkeyp
     one_pass = attribute(method, net, x, target, sample_ids=ids, seed=0)
     sizes: list[int] = []
     net.register_forward_hook(lambda mod, inp, out: sizes.append(inp[0].shape[0]))
-    monkeypatch.setattr(attributions, "CHUNK_ELEMENTS", 5 * 64)  # 5 rows of 1×8×8 per pass
+    monkeypatch.setitem(attributions.CHUNK_ELEMENTS, "cpu", 5 * 64)  # 5 rows of 1×8×8 per pass
     chunked = attribute(method, net, x, target, sample_ids=ids, seed=0)
     assert max(sizes) == 5 and len(sizes) > 1
     torch.testing.assert_close(chunked, one_pass, rtol=1e-5, atol=1e-8)
+
+
+def test_gradient_chunks_are_smaller_on_a_cpu_than_on_a_gpu() -> None:
+    """A CPU gains nothing from chunks past about 64 rows and only holds more activations; a GPU gets larger ones."""
+    from sclzoo.evaluator.attributions import CHUNK_ELEMENTS, auto_chunk
+
+    rows = torch.zeros(4096, 1, 28, 28)
+    assert 64 <= auto_chunk(rows) <= 128  # 83 rows of 1×28×28 on a CPU
+    assert auto_chunk(torch.zeros(2, 3, 224, 224)) == 1
+    assert CHUNK_ELEMENTS["cuda"] > CHUNK_ELEMENTS["cpu"]
