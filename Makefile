@@ -135,10 +135,13 @@ publish-results: $(STAMP)
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
 
-# Timing of sclzoo's metric suite vs Quantus 0.6.0 vs the model-call floor (minutes; run on a quiet machine).
+# Timing of sclzoo's metric suite vs Quantus 0.6.0 vs the model-call floor, and of every method and every
+# (method, metric) cell of `sclzoo evaluate` vs its pass floor with peak memory per configuration (bench_matrix.py,
+# about 40 min on 2 cores); run on a quiet machine.
 # On a CUDA machine `make gpu-check` runs the gpu-marked tests and the metric benchmark on the GPU (bench/gpu_check.sh).
 bench: install
 	$(BIN)/python bench/bench_metrics.py --out build/bench
+	$(BIN)/python bench/bench_matrix.py --out build/bench
 	$(BIN)/python bench/bench_contention.py --out build/bench
 	$(BIN)/python bench/bench_meta.py --out build/bench
 
