@@ -458,6 +458,7 @@ def expected_gradients(
     captum="DeepLift",
     defaults={"baseline": 0.0},
     description="DeepLift rescale rule against a constant baseline (Shrikumar 2017).",
+    passes=lambda p, shape: (0, 2),  # one backward through the input and the baseline stacked: 2N rows
 )
 def deeplift(
     model: nn.Module, x: Tensor, target: Tensor, *, sample_ids: Tensor, seed: int, baseline: float
@@ -627,8 +628,9 @@ def gradcam(
 @_method(
     "occlusion",
     captum="Occlusion",
-    defaults={"window": None, "stride": None, "baseline": 0.0, "perturbations_per_eval": 16},
+    defaults={"window": None, "stride": None, "baseline": 0.0, "perturbations_per_eval": None},
     description="Drop of f_y when a square window over all channels is set to the baseline (Zeiler 2014).",
+    optional=("perturbations_per_eval",),
     passes=_occlusion_windows,
 )
 def occlusion(
@@ -641,13 +643,15 @@ def occlusion(
     window: int | None,
     stride: int | None,
     baseline: float,
-    perturbations_per_eval: int,
+    perturbations_per_eval: int | None,
 ) -> Tensor:
     """captum Occlusion with a (C, w, w) window, stride (C, s, s).
 
     Defaults: w = max(1, round(H / 7)), s = max(1, w // 2). captum places an extra window flush with the far
     edge when the stride does not divide H − w, so every pixel is occluded at least once.
-    ``perturbations_per_eval`` only batches window positions (speed), it does not change the result.
+    ``perturbations_per_eval`` only batches window positions (speed; maps agree to float rounding, ~1e-6). None:
+    as many as keep one forward within :data:`CHUNK_ELEMENTS` input elements (one window position per forward
+    of a 64-image batch of 1×28×28 on a CPU, where 16 positions, 1,024-row forwards, took 2.3× as long).
 
     Shapes: (N, C, H, W) → (N, C, H, W).
     """
@@ -663,5 +667,6 @@ def occlusion(
         strides=(c, step, step),
         baselines=float(baseline),
         target=target,
-        perturbations_per_eval=_positive_int(name, "perturbations_per_eval", perturbations_per_eval),
+        perturbations_per_eval=(auto_chunk(x) // x.shape[0] or 1) if perturbations_per_eval is None
+        else _positive_int(name, "perturbations_per_eval", perturbations_per_eval),
     )

@@ -270,3 +270,22 @@ def test_gradient_chunks_are_smaller_on_a_cpu_than_on_a_gpu() -> None:
     assert 64 <= auto_chunk(rows) <= 128  # 83 rows of 1×28×28 on a CPU
     assert auto_chunk(torch.zeros(2, 3, 224, 224)) == 1
     assert CHUNK_ELEMENTS["cuda"] > CHUNK_ELEMENTS["cpu"]
+
+
+def test_occlusion_batches_window_positions_by_input_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """perturbations_per_eval None: as many window positions per forward as keep it within CHUNK_ELEMENTS (one
+    for a 64-image batch of 1×28×28 on a CPU); maps equal those of an explicit count up to float rounding."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 28 * 28, 3)).eval()
+    x, target = torch.rand(64, 1, 28, 28), torch.randint(0, 3, (64,))
+    rows: list[int] = []
+    net.register_forward_hook(lambda mod, inp, out: rows.append(inp[0].shape[0]))
+    auto = attribute("occlusion", net, x, target)
+    assert max(rows) == 64  # one position per forward
+    rows.clear()
+    explicit = attribute("occlusion", net, x, target, perturbations_per_eval=16)
+    assert max(rows) == 64 * 16
+    torch.testing.assert_close(auto, explicit, rtol=1e-5, atol=1e-6)
+    rows.clear()
+    attribute("occlusion", net, x[:8], target[:8])
+    assert max(rows) == 8 * (65536 // (8 * 784))  # 10 positions of 8 images
