@@ -37,6 +37,7 @@ help:
 	@echo "make cards-check  fail with a diff when a bundled model card drifted from its data"
 	@echo "make listing   refresh the stored rows of sclzoo ls (evaluator/listing.json) after changing a registry"
 	@echo "make leaderboard  evaluate (and meta-evaluate) registry models without a result (standard preset), rebuild leaderboard/"
+	@echo "make bench     benchmarks (quiet machine, about an hour): metric suite vs Quantus vs floor, every method and (method, metric) vs its floor with peak memory -> build/bench/"
 	@echo "make gpu-check on a CUDA machine: pytest -m gpu and the metric benchmark on the GPU -> build/gpu_check/gpu_check.md"
 
 install: $(STAMP)
