@@ -16,7 +16,7 @@ from a seeded random init at 1×28×28, loaded as ``timm:resnet18_cifar`` with a
    and E re-explanations per image (``metric_cost``) at the forward floor and the method's own floor;
 4. where Quantus 0.6.0 has the metric, times Quantus on the same images and maps, with the settings of
    ``bench_metrics.py`` (``--quantus-repeats`` times; the explanations it asks for are sclzoo's, as in that bench);
-5. records each configuration's peak RSS (the ``sclzoo evaluate`` process's ``ru_maxrss``).
+5. records each configuration's peak RSS (the ``sclzoo evaluate`` process's own high-water mark, ``VmHWM``).
 
 Every timing is repeated ``--repeats`` times: the tables show the median and the spread (min–max over the
 repeats, as a percentage of the median) so an outlier can be told from noise. The registries are read at run
@@ -37,7 +37,7 @@ import copy
 import glob
 import json
 import math
-import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -111,14 +111,37 @@ def pass_floor(model: nn.Module, x: Tensor, target: Tensor, min_time: float,
 # --------------------------------------------------------------------------------------------------------------
 
 
+def _hwm_bytes(pid: int) -> int | None:
+    """The process's peak resident set since its exec (``VmHWM`` in /proc/PID/status), None when unreadable."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def run_child(cmd: list[str], log_path: Path) -> tuple[int, float, int]:
-    """(exit status, wall seconds, peak RSS in bytes) of ``cmd``, its output in ``log_path``."""
+    """(exit status, wall seconds, peak RSS in bytes) of ``cmd``, its output in ``log_path``.
+
+    The peak is the child's own ``VmHWM``, read every 20 ms while it runs (the last reading before it exits; the
+    high-water mark only grows). Not ``ru_maxrss`` from ``wait4``: Linux carries the forking process's peak over
+    ``exec`` into it, so every child would report at least this bench's own RSS. Where /proc is missing,
+    ``ru_maxrss`` is what there is.
+    """
     t0 = time.perf_counter()
+    peak: int | None = None
     with open(log_path, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, time.perf_counter() - t0, int(usage.ru_maxrss) * 1024
+        while proc.poll() is None:
+            hwm = _hwm_bytes(proc.pid)
+            if hwm is not None:
+                peak = max(peak or 0, hwm)
+            time.sleep(0.02)
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wall = time.perf_counter() - t0
+    return proc.returncode, wall, peak if peak is not None else int(usage.ru_maxrss) * 1024
 
 
 def evaluate_once(model_args: list[str], method: str, metrics: list[str], n: int, args: argparse.Namespace,
