@@ -138,7 +138,7 @@ clean:
 
 # Timing of sclzoo's metric suite vs Quantus 0.6.0 vs the model-call floor, and of every method and every
 # (method, metric) cell of `sclzoo evaluate` vs its pass floor with peak memory per configuration (bench_matrix.py,
-# about 40 min on 2 cores); run on a quiet machine.
+# about 26 min on 2 cores); run on a quiet machine.
 # On a CUDA machine `make gpu-check` runs the gpu-marked tests and the metric benchmark on the GPU (bench/gpu_check.sh).
 bench: install
 	$(BIN)/python bench/bench_metrics.py --out build/bench
