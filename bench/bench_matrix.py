@@ -209,6 +209,7 @@ def selection(methods: list[str] | None, maps: list[str], metrics: list[str] | N
 def bench_model(which: str, args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     from sclzoo.evaluator.attributions import METHODS, attribute
     from sclzoo.evaluator.metrics import METRICS, metric_cost
+    from sclzoo.evaluator.runner import call_params
     from sclzoo.zoo.data import load_dataset
 
     model, desc = load_bench_model(which, args.seed)
@@ -264,7 +265,7 @@ def bench_model(which: str, args: argparse.Namespace, log: Callable[[str], None]
                     if t is not None:
                         quantus_times.setdefault(k, []).append(t)
         for k in metrics:
-            f, e = metric_cost(k, **{p: v for p, v in params[k].items() if p in METRICS.get(k).defaults})
+            f, e = metric_cost(k, **call_params(params[k]))
             st = _stats([run["timings_s"][f"{m}/{k}"] for run in runs[m]])
             fl = n * (f * t_fwd + e * method_floor[m])
             q = statistics.median(quantus_times[k]) if k in quantus_times else None

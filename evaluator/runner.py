@@ -533,8 +533,7 @@ def run_evaluation(
 
     # Progress in forward-pass equivalents (a gradient pass counts as GRADIENT_COST forwards), so that the bar
     # moves in proportion to time and its ETA, an average over the whole run, stays put.
-    costs = {name: metric_cost(name, **{k: v for k, v in p.items() if k != "version"})
-             for name, p in metrics.items()}
+    costs = {name: metric_cost(name, **call_params(p)) for name, p in metrics.items()}
     shape = (int(images.shape[1]), int(images.shape[2]), int(images.shape[3]))
     explain_cost = {}
     for method, params in methods.items():
