@@ -18,7 +18,7 @@ from typing import Any
 
 from sclzoo.errors import ConfigError
 
-__all__ = ["GRID_DELETION", "PIXEL_DELETION", "PatchDeletionConfig", "deletion_in_domain", "is_deletion_metric"]
+__all__ = ["DELETION_VIEWS", "GRID_DELETION", "PIXEL_DELETION", "PatchDeletionConfig", "deletion_in_domain", "is_deletion_metric"]
 
 #: Metrics that set whole cells of a grid to a baseline: in domain for a model trained with patch deletion of the
 #: same grid and value.
@@ -26,6 +26,10 @@ GRID_DELETION: tuple[str, ...] = ("single_deletion", "region_perturbation_aopc")
 #: Metrics that set pixels (subsets, pixel orders) to a baseline, or insert pixels into an all-baseline image: out
 #: of domain for every model, whatever it was trained with.
 PIXEL_DELETION: tuple[str, ...] = ("faithfulness_correlation", "deletion_auc", "insertion_auc")
+
+
+#: Values of :attr:`PatchDeletionConfig.views`.
+DELETION_VIEWS = ("all", "first")
 
 
 @dataclass(frozen=True)
@@ -38,11 +42,15 @@ class PatchDeletionConfig:
         value: Deletion value in pixel space ([0, 1] pixels; 0 = black), as the metrics' baseline.
         p: Probability that a view gets cells deleted; it then gets k ~ U{1, …, g² − 1} cells, chosen uniformly
             without replacement.
+        views: Which views of contrastive pre-training may get cells deleted: ``all`` (each independently) or
+            ``first`` (the first view of each image; the other views stay whole, so every positive pair keeps one
+            whole image). Single-view stages (CE training, the linear probe) are unaffected.
     """
 
     grid: int = 4
     value: float = 0.0
     p: float = 0.5
+    views: str = "all"
 
     def __post_init__(self) -> None:
         if isinstance(self.grid, bool) or not isinstance(self.grid, int) or self.grid < 2:
@@ -52,18 +60,20 @@ class PatchDeletionConfig:
                               f"got {self.value!r}")
         if isinstance(self.p, bool) or not isinstance(self.p, (int, float)) or not 0.0 <= self.p <= 1.0:
             raise ConfigError(f"patch_deletion.p must be a probability in [0, 1], got {self.p!r}")
+        if self.views not in DELETION_VIEWS:
+            raise ConfigError(f"patch_deletion.views must be one of {', '.join(DELETION_VIEWS)}, got {self.views!r}")
         object.__setattr__(self, "value", float(self.value))
         object.__setattr__(self, "p", float(self.p))
 
     @classmethod
     def from_dict(cls, d: Any, where: str = "patch_deletion") -> PatchDeletionConfig:
-        """Reads ``{grid, value, p}`` (missing keys take the defaults).
+        """Reads ``{grid, value, p, views}`` (missing keys take the defaults).
 
         Raises:
             ConfigError: not a table, an unknown key or a bad value (the message names ``where`` and the key).
         """
         if not isinstance(d, Mapping):
-            raise ConfigError(f"[{where}] must be a table with keys grid, value, p; got {d!r}")
+            raise ConfigError(f"[{where}] must be a table with keys grid, value, p, views; got {d!r}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(str(k) for k in set(d) - known)
         if unknown:
@@ -74,7 +84,10 @@ class PatchDeletionConfig:
             raise ConfigError(str(e).replace("patch_deletion.", f"{where}.", 1)) from None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        d = asdict(self)
+        if self.views == "all":  # absent by default, so records written before the option read the same
+            del d["views"]
+        return d
 
 
 def _cells(side: int, g: int) -> int:

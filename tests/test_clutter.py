@@ -169,3 +169,47 @@ def test_masks_follow_the_images_through_preprocessing() -> None:
     box = half.ground_truth["box"]
     # A 28 x 28 box on 56 x 56 is about a 14 x 14 box at half size.
     assert ((box.sum((1, 2)) - 196).abs() <= 2 * 14 + 1).all()
+
+
+def test_fresh_clutter_keeps_the_digit_and_redraws_everything_else() -> None:
+    """Training with fresh clutter (zoo/train.py's _FreshClutter): every call puts each training digit on a new
+    canvas, among fragments of other training images only; draws come from the generator passed in."""
+    from sclzoo.zoo.train import _FreshClutter
+
+    x, _ = _mnist5k_arrays()
+    train = load_dataset("mnist5k-clutter", "train")
+    tr_idx = np.arange(0, len(train), 2)  # the held-out half must give no fragment
+    fresh = _FreshClutter(train, tr_idx)
+    ids = train.indices.numpy()[tr_idx]
+    assert np.array_equal(fresh.pool.ids, np.sort(ids))
+    rows = torch.arange(0, 40)
+    a = fresh(rows, torch.Generator().manual_seed(0))
+    b = fresh(rows, torch.Generator().manual_seed(1))
+    assert a.shape == (40, 1, 56, 56) and a.dtype == torch.float32
+    assert torch.equal(a, fresh(rows, torch.Generator().manual_seed(0)))  # seeded
+    assert not torch.equal(a, b)
+    # The draws behind one call, rebuilt with compose: the digit whole in its box, fragments from the pool only.
+    u = torch.rand(40, 20, generator=torch.Generator().manual_seed(0), dtype=torch.float64).numpy()
+    g = clutter.compose(fresh.digits[:40], fresh.rank[:40], fresh.pool, u)
+    assert np.array_equal(g.images, a.numpy())
+    for i in range(40):
+        r, c = g.digit_pos[i]
+        assert np.array_equal(g.images[i, 0, r : r + 28, c : c + 28], x[ids[i], 0])
+    assert set(g.sources.ravel().tolist()) <= set(ids.tolist())
+    assert (g.sources != ids[:40, None]).all()
+    # Two views share the digit and (almost surely) nothing else: different places and fragments.
+    u2 = torch.rand(40, 20, generator=torch.Generator().manual_seed(1), dtype=torch.float64).numpy()
+    g2 = clutter.compose(fresh.digits[:40], fresh.rank[:40], fresh.pool, u2)
+    assert (g.digit_pos != g2.digit_pos).any(1).mean() > 0.9
+    assert (g.sources != g2.sources).all(1).mean() > 0.9
+
+
+def test_compose_with_a_digit_outside_the_pool() -> None:
+    x, _ = _mnist5k_arrays()
+    pool = clutter.FragmentPool.build(x[:50, 0], np.arange(50, dtype=np.int64))
+    assert pool.rank(np.array([3, 49, 50, 1000])).tolist() == [3, 49, -1, -1]
+    u = np.random.default_rng(0).random((5, 20))
+    g = clutter.compose(x[100:105, 0], np.full(5, -1), pool, u)
+    assert set(g.sources.ravel().tolist()) <= set(range(50))
+    with pytest.raises(ValueError, match="distinct ids"):
+        clutter.FragmentPool.build(x[:3, 0], np.array([1, 1, 2]))

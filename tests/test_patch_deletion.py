@@ -128,6 +128,7 @@ def test_grid_with_empty_cells_is_refused(h: int, w: int, g: int) -> None:
     ({"p": "half"}, r"p must be a probability"),
     ({"value": float("nan")}, r"value must be a finite number"),
     ({"size": 4}, r"unknown key\(s\) \['size'\] in \[recipe\.patch_deletion\]"),
+    ({"views": "second"}, r"recipe\.patch_deletion\.views must be one of all, first, got 'second'"),
     (0.5, r"\[recipe\.patch_deletion\] must be a table"),
 ])
 def test_bad_patch_deletion_table(table: Any, message: str) -> None:
@@ -144,6 +145,9 @@ def test_recipe_table_defaults_and_round_trip() -> None:
     assert r.patch_deletion == PatchDeletionConfig(grid=4, value=0.0, p=0.5)
     assert r.to_dict()["patch_deletion"] == {"grid": 4, "value": 0.0, "p": 0.5}
     assert Recipe.from_dict(r.to_dict()) == r
+    first = Recipe.from_dict({**base, "patch_deletion": {"p": 0.25, "views": "first"}})
+    assert first.to_dict()["patch_deletion"] == {"grid": 4, "value": 0.0, "p": 0.25, "views": "first"}
+    assert Recipe.from_dict(first.to_dict()) == first
 
 
 @pytest.mark.parametrize("objective", ["ce", "supcon", "simclr", "triplet"])
@@ -198,9 +202,12 @@ def _recipe(objective: str, patch_deletion: dict[str, Any] | None) -> Recipe:
     return Recipe.from_dict(d)
 
 
-@pytest.mark.parametrize(("objective", "calls"), [("ce", {"train": 1}), ("supcon", {"pretrain": 2, "probe": 1})])
+@pytest.mark.parametrize(("objective", "views", "calls"), [
+    ("ce", "all", {"train": 1}), ("supcon", "all", {"pretrain": 2, "probe": 1}),
+    ("ce", "first", {"train": 1}), ("simclr", "first", {"pretrain": 1, "probe": 1}),
+])
 def test_training_deletes_patches_in_every_stage_and_records_it(
-    objective: str, calls: dict[str, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    objective: str, views: str, calls: dict[str, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: dict[str, int] = {}
     stage = {"now": ""}
@@ -216,13 +223,15 @@ def test_training_deletes_patches_in_every_stage_and_records_it(
 
     monkeypatch.setattr(train_mod, "delete_patches", spy)
     monkeypatch.setattr(train_mod, "_run_stage", run_stage)
-    out = train_mod.train(_recipe(objective, {"grid": 4, "p": 1.0}), tmp_path, device="cpu", progress=False,
-                          max_steps=1)
-    assert seen == calls  # every view of every stage: CE, pre-training, probe
-    assert out.record["patch_deletion"] == {"grid": 4, "value": 0.0, "p": 1.0}
-    assert out.record["recipe"]["patch_deletion"] == {"grid": 4, "value": 0.0, "p": 1.0}
+    out = train_mod.train(_recipe(objective, {"grid": 4, "p": 1.0, "views": views}), tmp_path, device="cpu",
+                          progress=False, max_steps=1)
+    # Every view of every stage (CE, pre-training, probe); with views = "first" one view per pre-training pair.
+    assert seen == calls
+    recorded = {"grid": 4, "value": 0.0, "p": 1.0, **({"views": "first"} if views == "first" else {})}
+    assert out.record["patch_deletion"] == recorded
+    assert out.record["recipe"]["patch_deletion"] == recorded
     cfg = build_config(out.model, {**out.record, "input_size": [1, 8, 8]}, [str(i) for i in range(10)])
-    assert cfg["sclzoo"]["patch_deletion"] == {"grid": 4, "value": 0.0, "p": 1.0}
+    assert cfg["sclzoo"]["patch_deletion"] == recorded
     assert list(cfg["sclzoo"])[-1] == "files_sha256"
 
     seen.clear()

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import sclzoo.zoo.train as train_mod
-from sclzoo.errors import ConfigError, UnknownNameError
+from sclzoo.errors import ConfigError, DatasetError, UnknownNameError
 from sclzoo.zoo.data import load_dataset
 from sclzoo.zoo.recipe import Recipe, load_recipe
 from sclzoo.zoo.train import CHECKPOINT, TrainOutput, train
@@ -215,6 +215,7 @@ def _base() -> dict[str, Any]:
         ({"optim": {"schedule": "linear"}}, r"schedule 'linear' is unknown; use one of onecycle, cosine, step"),
         ({"optim": {"epochs": 0}}, r"must be positive"),
         ({"projector_bn": "yes"}, r"recipe\.projector_bn must be true or false, got 'yes'"),
+        ({"fresh_clutter": 1}, r"recipe\.fresh_clutter must be true or false, got 1"),
     ],
 )
 def test_bad_recipe_is_a_config_error(change: dict[str, Any], message: str) -> None:
@@ -269,3 +270,38 @@ def test_triplet_with_batchnorm_projector_does_not_collapse(tmp_path: Path) -> N
     assert abs(last_plain - 0.3) < 0.01  # collapsed: every triplet sits at the margin
     assert last_bn > 0.31  # still learning: hardest negatives inside the margin are being pushed out
     assert spread(bn) > 5 * spread(plain)
+
+
+def test_fresh_clutter_needs_a_clutter_dataset(tmp_path: Path) -> None:
+    r = _recipe("simclr", fresh_clutter=True)
+    assert r.to_dict()["fresh_clutter"] is True and "fresh_clutter" not in _recipe("simclr").to_dict()
+    assert Recipe.from_dict(r.to_dict()) == r
+    with pytest.raises(DatasetError, match="fresh clutter needs the dataset 'mnist5k-clutter', got 'digits'"):
+        _run(r, tmp_path)
+
+
+@pytest.mark.integration  # generates mnist5k-clutter and trains on 56 x 56 canvases (~15 s)
+def test_fresh_clutter_trains_on_redrawn_canvases(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each pre-training view and each probe view is a new canvas (zoo/train.py's _FreshClutter), then augmented."""
+    seen: list[torch.Tensor] = []
+    real = train_mod.augment_batch
+
+    def spy(x: torch.Tensor, *a: Any, **kw: Any) -> torch.Tensor:
+        seen.append(x.clone())
+        return real(x, *a, **kw)
+
+    monkeypatch.setattr(train_mod, "augment_batch", spy)
+    r = _recipe("simclr", dataset="mnist5k-clutter", fresh_clutter=True, val_size=400, model_args={"widths": [16, 32]},
+                optim={"epochs": 1, "batch_size": 32, "lr": 0.1},
+                probe={"optim": {"epochs": 1, "batch_size": 32, "lr": 0.5, "schedule": "cosine"}})
+    out = _run(r, tmp_path, max_steps=1)
+    assert out.record["recipe"]["fresh_clutter"] is True
+    assert len(seen) == 3  # two pre-training views, one probe view
+    train_x = load_dataset("mnist5k-clutter", "train").images
+    v1, v2 = seen[0], seen[1]
+    assert v1.shape == (32, 1, 56, 56) and not torch.equal(v1, v2)
+    # Not the stored canvases: none of the views is a stored training image.
+    stored = {hash(t.numpy().tobytes()) for t in train_x}
+    assert not any(hash(t.numpy().tobytes()) in stored for v in seen for t in v)
+    # The same ink in both views (the digit), clutter aside: a view has the digit's 28 x 28 box plus fragments.
+    assert torch.all(v1.flatten(1).sum(1) > 0)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["CANVAS", "FRAGMENT", "INK_THRESHOLD", "MASK_KINDS", "N_FRAGMENTS", "VERSION", "ClutterSplit",
-           "content_sha256", "generate_split"]
+           "FragmentPool", "compose", "content_sha256", "generate_split"]
 
 #: Generator version: bumped whenever a generated pixel, label or mask could change.
 VERSION = 1
@@ -107,6 +107,45 @@ def _inky_windows(digits: np.ndarray) -> np.ndarray:
     return (counts >= need).reshape(len(digits), -1)
 
 
+@dataclass(frozen=True, eq=False)
+class FragmentPool:
+    """The images clutter fragments are cut from, in ascending sample id, with their inked 9 x 9 windows.
+
+    Attributes:
+        ids: (M,) int64 sample ids, ascending.
+        digits: (M, 28, 28) float32 digits in id order.
+        inky: (M, 20·20) bool: whether each 9 x 9 window (top-left positions, row-major) has ink.
+        eligible: Positions (in id order) of the images with at least one inked window.
+    """
+
+    ids: np.ndarray
+    digits: np.ndarray
+    inky: np.ndarray
+    eligible: np.ndarray
+
+    @classmethod
+    def build(cls, digits: np.ndarray, ids: np.ndarray) -> FragmentPool:
+        """Pool of ``digits`` (N, 28, 28) with distinct sample ``ids`` (N,), given in any order.
+
+        Raises:
+            ValueError: bad shapes, repeated ids, or fewer than two images with an inked window.
+        """
+        n = len(ids)
+        if digits.shape != (n, 28, 28) or ids.shape != (n,) or len(np.unique(ids)) != n:
+            raise ValueError(f"digits must be (N, 28, 28) with N distinct ids, got {digits.shape} and {ids.shape}")
+        order = np.argsort(ids, kind="stable")  # choices among images are made in ascending sample id
+        inky = _inky_windows(digits[order])
+        eligible = np.flatnonzero(inky.any(1))
+        if len(eligible) < 2:
+            raise ValueError("fewer than two images of the split have a 9 x 9 window with ink; no clutter possible")
+        return cls(ids=ids[order].astype(np.int64), digits=digits[order], inky=inky, eligible=eligible)
+
+    def rank(self, ids: np.ndarray) -> np.ndarray:
+        """Position of each sample id in the pool, -1 for ids not in it."""
+        pos = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
+        return np.where(self.ids[pos] == ids, pos, -1).astype(np.int64)
+
+
 def generate_split(digits: np.ndarray, ids: np.ndarray, seed: int) -> ClutterSplit:
     """Generates the cluttered images of one split.
 
@@ -122,16 +161,28 @@ def generate_split(digits: np.ndarray, ids: np.ndarray, seed: int) -> ClutterSpl
         ValueError: digits are not (N, 28, 28), ids not (N,) and distinct, or fewer than two images have a window
             with ink (a fragment needs another image to come from).
     """
-    n = len(ids)
-    if digits.shape != (n, 28, 28) or ids.shape != (n,) or len(np.unique(ids)) != n:
-        raise ValueError(f"digits must be (N, 28, 28) with N distinct ids, got {digits.shape} and {ids.shape}")
-    u = _uniforms(seed, ids)
+    pool = FragmentPool.build(digits, ids)
+    return compose(digits, pool.rank(ids), pool, _uniforms(seed, ids))
+
+
+def compose(digits: np.ndarray, self_rank: np.ndarray, pool: FragmentPool, u: np.ndarray) -> ClutterSplit:
+    """Places each digit on a canvas among fragments of the pool's other images, as the 20 uniforms of its row say.
+
+    :func:`generate_split` calls it with each sample's seeded uniforms and the split as the pool; training with
+    fresh clutter (docs/training.md#fresh-clutter) calls it with new uniforms for every view.
+
+    Args:
+        digits: (N, 28, 28) float32 digits in [0, 1].
+        self_rank: (N,) position of each digit in ``pool`` (so it never gives itself a fragment), -1 if absent.
+        pool: Where fragments come from.
+        u: (N, 20) uniforms in [0, 1), in the order of the module docstring.
+
+    Returns:
+        Images, masks and draws, row i for ``digits[i]``.
+    """
+    n = len(digits)
     side, f, d = CANVAS, FRAGMENT, 28
-    order = np.argsort(ids, kind="stable")  # choices among images are made in ascending sample id
-    inky = _inky_windows(digits[order])
-    eligible = np.flatnonzero(inky.any(1))  # positions (in id order) of images that can give a fragment
-    if len(eligible) < 2:
-        raise ValueError("fewer than two images of the split have a 9 x 9 window with ink; no clutter possible")
+    eligible = pool.eligible
 
     # Digit position: uniform over the 29 x 29 top-left positions that keep it on the canvas.
     span = side - d + 1
@@ -139,16 +190,15 @@ def generate_split(digits: np.ndarray, ids: np.ndarray, seed: int) -> ClutterSpl
 
     frag_u = u[:, 2:].reshape(n, N_FRAGMENTS, 3)  # (source, cut, paste) per fragment
     # Source: uniform over the eligible images other than the sample itself.
-    rank_of = np.empty(n, dtype=np.int64)
-    rank_of[order] = np.arange(n)  # position of each sample in id order
-    own = np.searchsorted(eligible, rank_of)
-    is_eligible = (own < len(eligible)) & (eligible[np.minimum(own, len(eligible) - 1)] == rank_of)
+    own = np.searchsorted(eligible, self_rank)
+    in_pool = (self_rank >= 0) & (own < len(eligible))
+    is_eligible = in_pool & (eligible[np.minimum(own, len(eligible) - 1)] == self_rank)
     choices = len(eligible) - is_eligible.astype(np.int64)  # (N,)
     k = np.minimum((frag_u[:, :, 0] * choices[:, None]).astype(np.int64), choices[:, None] - 1)
     k = k + (is_eligible[:, None] & (k >= own[:, None]))  # skip the sample itself
     src_rank = eligible[k]  # (N, 6) positions in id order
     # Cut position: uniform over the source's windows with ink, row-major.
-    cut = _pick(inky.cumsum(1, dtype=np.int32), src_rank.ravel(), frag_u[:, :, 1].ravel())
+    cut = _pick(pool.inky.cumsum(1, dtype=np.int32), src_rank.ravel(), frag_u[:, :, 1].ravel())
     cut_pos = np.stack(np.divmod(cut, d - f + 1), axis=-1).reshape(n, N_FRAGMENTS, 2)
     # Paste position: uniform over the top-left positions whose square misses the digit's box (rows or columns
     # disjoint); there are always some, since the box leaves a free band of at least 14 pixels on some side.
@@ -172,7 +222,7 @@ def generate_split(digits: np.ndarray, ids: np.ndarray, seed: int) -> ClutterSpl
     box[rows_n, dr, dc] = True
     ink = np.zeros((n, side, side), dtype=bool)
     ink[rows_n, dr, dc] = digits > INK_THRESHOLD
-    src_digits = digits[order]
+    src_digits = pool.digits
     grid_f = np.arange(f)
     for j in range(N_FRAGMENTS):
         sr = cut_pos[:, j, 0, None, None] + grid_f[None, :, None]
@@ -181,9 +231,8 @@ def generate_split(digits: np.ndarray, ids: np.ndarray, seed: int) -> ClutterSpl
         pr = paste_pos[:, j, 0, None, None] + grid_f[None, :, None]
         pc = paste_pos[:, j, 1, None, None] + grid_f[None, None, :]
         canvas[rows_n, pr, pc] = np.maximum(canvas[rows_n, pr, pc], fragment)
-    sorted_ids = ids[order]
     return ClutterSplit(images=canvas[:, None], masks={"box": box, "ink": ink}, digit_pos=digit_pos,
-                        sources=sorted_ids[src_rank], cut_pos=cut_pos, paste_pos=paste_pos)
+                        sources=pool.ids[src_rank], cut_pos=cut_pos, paste_pos=paste_pos)
 
 
 def content_sha256(name: str, seed: int, splits: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray,

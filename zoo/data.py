@@ -33,7 +33,7 @@ from sclzoo.errors import DatasetError
 from sclzoo.registry import Registry
 from sclzoo.zoo.preprocess import DataConfig, pil_mode, transform_tensors
 
-__all__ = ["ImageDataset", "DATASETS", "load_dataset", "stratified_split"]
+__all__ = ["ImageDataset", "DATASETS", "clutter_digits", "load_dataset", "stratified_split"]
 
 SPLITS = ("train", "test")
 
@@ -222,6 +222,21 @@ def _clutter_splits() -> dict[str, ImageDataset]:
                               label_names=tuple(str(i) for i in range(10)), mean=mean, std=std, split_sha256=digest,
                               masks=truth[clutter.MASK_KINDS[0]], mask_kind=clutter.MASK_KINDS[0], ground_truth=truth)
     return out
+
+
+def clutter_digits(dataset: ImageDataset) -> np.ndarray:
+    """The clean 28 x 28 digits behind a split of a clutter dataset, row i for ``dataset.indices[i]``.
+
+    Training with fresh clutter (``zoo/recipe.py``'s ``fresh_clutter``) redraws each view's canvas from these.
+
+    Raises:
+        DatasetError: ``dataset`` is not ``mnist5k-clutter`` (no clean digits behind it).
+    """
+    if dataset.id != "mnist5k-clutter":
+        raise DatasetError(f"fresh clutter needs the dataset 'mnist5k-clutter', got {dataset.id!r}; "
+                           "remove fresh_clutter from the recipe or train on mnist5k-clutter")
+    x, _ = _mnist5k_arrays()
+    return x[dataset.indices.numpy(), 0]
 
 
 @DATASETS.register("mnist5k-clutter")

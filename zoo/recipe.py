@@ -123,6 +123,10 @@ class Recipe:
         bn_stats: ``train`` keeps BatchNorm's running averages from training; ``clean`` re-estimates them on the
             clean (unaugmented) training images once the network is trained (CE) or pre-trained (contrastive,
             before the probe), which restores the clean accuracy that patch deletion's mixed batches cost.
+        fresh_clutter: For a dataset generated with clutter (``mnist5k-clutter``): every training view places the
+            image's clean digit on a new canvas among newly drawn fragments (``zoo/clutter.py``'s generator with
+            fresh draws), before ``augment``; two views of one image then share the digit and nothing else
+            (docs/training.md#fresh-clutter).
     """
 
     name: str
@@ -143,6 +147,7 @@ class Recipe:
     license: str = "apache-2.0"
     patch_deletion: PatchDeletionConfig | None = None
     bn_stats: str = "train"
+    fresh_clutter: bool = False
 
     def __post_init__(self) -> None:
         if self.bn_stats not in BN_STATS:
@@ -161,10 +166,11 @@ class Recipe:
                 if isinstance(d[k], bool) or not isinstance(d[k], int):
                     raise ConfigError(f"{where}.{k} must be an integer, got {d[k]!r}")
                 kw[k] = d[k]
-        if "projector_bn" in d:
-            if not isinstance(d["projector_bn"], bool):
-                raise ConfigError(f"{where}.projector_bn must be true or false, got {d['projector_bn']!r}")
-            kw["projector_bn"] = d["projector_bn"]
+        for k in ("projector_bn", "fresh_clutter"):
+            if k in d:
+                if not isinstance(d[k], bool):
+                    raise ConfigError(f"{where}.{k} must be true or false, got {d[k]!r}")
+                kw[k] = d[k]
         for k in ("model_args", "loss"):
             if k in d:
                 if not isinstance(d[k], dict):
@@ -195,8 +201,12 @@ class Recipe:
         # Absent when off, so the training.json of a recipe without them is what it was before these options.
         if self.patch_deletion is None:
             del d["patch_deletion"]
+        else:
+            d["patch_deletion"] = self.patch_deletion.to_dict()
         if self.bn_stats == "train":
             del d["bn_stats"]
+        if not self.fresh_clutter:
+            del d["fresh_clutter"]
         d["augment"] = self.augment.to_dict()
         d["probe"] = {"optim": _plain(asdict(self.probe.optim)), "augment": self.probe.augment.to_dict()}
         d["optim"] = _plain(d["optim"])

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import timm
 import torch
 from torch import Tensor, nn
@@ -24,7 +25,8 @@ from tqdm.auto import tqdm
 
 from sclzoo.errors import ConfigError
 from sclzoo.zoo.augment import AugmentConfig, augment_batch, delete_patches
-from sclzoo.zoo.data import ImageDataset, load_dataset, stratified_split
+from sclzoo.zoo import clutter
+from sclzoo.zoo.data import ImageDataset, clutter_digits, load_dataset, stratified_split
 from sclzoo.zoo.distributed import DistInfo, barrier, init_distributed
 from sclzoo.zoo.losses import OBJECTIVES
 from sclzoo.zoo.models import ProjectionHead, encode
@@ -210,6 +212,29 @@ def _run_stage(
     return {"history": history, "steps": step}
 
 
+class _FreshClutter:
+    """Redraws the canvas of training images of a clutter dataset: same digit, new place, new fragments.
+
+    Fragments come from the training images only (held-out validation images give none), never from the image
+    itself; the 20 uniforms per image are drawn from the stage's generator, so a resumed run repeats them.
+    """
+
+    _DRAWS = 2 + 3 * clutter.N_FRAGMENTS
+
+    def __init__(self, train_full: ImageDataset, tr_idx: np.ndarray) -> None:
+        digits = clutter_digits(train_full)[tr_idx]
+        ids = train_full.indices.numpy()[tr_idx]
+        self.pool = clutter.FragmentPool.build(digits, ids)
+        self.digits = digits
+        self.rank = self.pool.rank(ids)
+
+    def __call__(self, idx: Tensor, gen: torch.Generator) -> Tensor:
+        rows = idx.cpu().numpy()
+        u = torch.rand(len(rows), self._DRAWS, generator=gen, dtype=torch.float64).numpy()
+        out = clutter.compose(self.digits[rows], self.rank[rows], self.pool, u)
+        return torch.from_numpy(out.images)
+
+
 def _unwrap(m: nn.Module) -> nn.Module:
     return m.module if isinstance(m, nn.parallel.DistributedDataParallel) else m
 
@@ -318,15 +343,19 @@ def train(
                 m.load_state_dict(resume_state["modules"][k])
 
     deletion = recipe.patch_deletion
+    recomposer = _FreshClutter(train_full, tr_idx) if recipe.fresh_clutter else None
 
-    def view(xb: Tensor, gen: torch.Generator, aug: AugmentConfig) -> Tensor:
+    def view(idx: Tensor, gen: torch.Generator, aug: AugmentConfig, delete: bool) -> Tensor:
+        # Fresh clutter first (a new canvas per view: docs/training.md#fresh-clutter), then the augmentation.
+        xb = x_train[idx.to(dev)] if recomposer is None else recomposer(idx, gen).to(dev)
         v = augment_batch(xb, aug, gen)
         # Patch deletion in every stage (CE, pre-training, probe): docs/training.md#patch-deletion.
-        return v if deletion is None else delete_patches(v, deletion, gen)
+        return v if deletion is None or not delete else delete_patches(v, deletion, gen)
 
     def views(idx: Tensor, gen: torch.Generator, aug: AugmentConfig, n_views: int) -> Tensor:
-        xb = x_train[idx.to(dev)]
-        vs = [view(xb, gen, aug) for _ in range(n_views)]
+        # views = "first": only the first view of a multi-view batch may lose cells (sclzoo/deletion.py).
+        first_only = deletion is not None and deletion.views == "first"
+        vs = [view(idx, gen, aug, delete=not first_only or i == 0) for i in range(n_views)]
         return torch.cat(vs).contiguous(memory_format=torch.channels_last)
 
     stages: dict[str, Any] = {}
