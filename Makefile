@@ -32,7 +32,7 @@ help:
 	@echo "make test-slow the slow tests (training, torchrun)"
 	@echo "make test-all  every tier in one run"
 	@echo "make lint      ruff + mypy"
-	@echo "make zoo       retrain and re-export the bundled zoo from zoo/recipes/"
+	@echo "make zoo       retrain and re-export the bundled zoo from zoo/recipes/ (make -j2 zoo ZOO_THREADS=1: two at a time)"
 	@echo "make cards     re-render the model cards (README.md) of the bundled zoo from their data"
 	@echo "make cards-check  fail with a diff when a bundled model card drifted from its data"
 	@echo "make listing   refresh the stored rows of sclzoo ls (evaluator/listing.json) after changing a registry"
@@ -96,11 +96,14 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy sclzoo zoo evaluator model_cards
 
-zoo: install
-	@for m in $(ZOO); do \
-	  $(BIN)/sclzoo train --config zoo/recipes/$$m.toml --out build/checkpoints/$$m \
-	    --export zoo/models/$$m --overwrite || exit 1; \
-	done
+# One target per model, so `make -j2 zoo ZOO_THREADS=1` trains two at a time (each on one thread); ZOO_THREADS
+# empty = sclzoo's default thread count.
+ZOO_THREADS ?= $(SCLZOO_THREADS)
+zoo: $(addprefix zoo-train-,$(ZOO))
+
+zoo-train-%: install
+	SCLZOO_THREADS=$(ZOO_THREADS) $(BIN)/sclzoo train --config zoo/recipes/$*.toml --out build/checkpoints/$* \
+	  --export zoo/models/$* --overwrite
 
 cards: install
 	$(BIN)/python -m sclzoo.zoo.cards

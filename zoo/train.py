@@ -24,8 +24,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from sclzoo.errors import ConfigError
-from sclzoo.zoo.augment import AugmentConfig, augment_batch, delete_patches
 from sclzoo.zoo import clutter
+from sclzoo.zoo.augment import AugmentConfig, augment_batch, delete_patches
 from sclzoo.zoo.data import ImageDataset, clutter_digits, load_dataset, stratified_split
 from sclzoo.zoo.distributed import DistInfo, barrier, init_distributed
 from sclzoo.zoo.losses import OBJECTIVES
