@@ -185,6 +185,15 @@ def test_resume_from_unreadable_checkpoint_is_a_config_error(tmp_path: Path) -> 
         _run(_recipe("ce"), tmp_path, resume=True)
 
 
+def test_resume_with_another_recipe_is_a_config_error(tmp_path: Path) -> None:
+    _run(_recipe("ce"), tmp_path, max_steps=2)  # leaves an epoch checkpoint that records its recipe
+    other = _recipe("ce", optim={"epochs": 2, "batch_size": 64, "lr": 0.2, "weight_decay": 1e-4})
+    with pytest.raises(ConfigError, match=r"different recipe \(optim\.lr: 0\.1 in the checkpoint, 0\.2 now\)"):
+        _run(other, tmp_path, resume=True)
+    state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    assert state["recipe"] == _recipe("ce").to_dict()
+
+
 def test_unknown_objective_is_reported_before_training(tmp_path: Path) -> None:
     with pytest.raises(UnknownNameError, match="Did you mean 'simclr'"):
         _run(_recipe("simclrr"), tmp_path)

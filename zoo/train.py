@@ -212,6 +212,33 @@ def _run_stage(
     return {"history": history, "steps": step}
 
 
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def _check_resumed_recipe(state: dict[str, Any], recipe: Recipe, state_path: Path) -> None:
+    """Refuses to resume a checkpoint that a different recipe wrote (checkpoints record their recipe).
+
+    Raises:
+        ConfigError: naming the keys that differ; a checkpoint without a recorded recipe is accepted.
+    """
+    saved = state.get("recipe")
+    if not isinstance(saved, dict):
+        return
+    before, now = _flat(saved), _flat(recipe.to_dict())
+    differ = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+    if differ:
+        shown = "; ".join(f"{k}: {before.get(k)!r} in the checkpoint, {now.get(k)!r} now" for k in differ[:5])
+        more = f" (and {len(differ) - 5} more)" if len(differ) > 5 else ""
+        raise ConfigError(f"checkpoint {state_path} was written by a different recipe ({shown}{more}); resume with "
+                          "the recipe it was trained with, or train again without --resume")
+
+
 class _FreshClutter:
     """Redraws the canvas of training images of a clutter dataset: same digit, new place, new fragments.
 
@@ -335,6 +362,7 @@ def train(
         except Exception as e:  # noqa: BLE001 - any unreadable checkpoint gets the same advice
             raise ConfigError(f"checkpoint {state_path} is unreadable ({type(e).__name__}); delete it and "
                               "train again without --resume") from None
+        _check_resumed_recipe(resume_state, recipe, state_path)
         for k, m in {"model": model, "projector": projector}.items():
             # A probe checkpoint's model has the probe head: it is loaded after reset_classifier below.
             if k == "model" and resume_state["stage"] == "probe":
@@ -383,7 +411,8 @@ def train(
 
         t0 = time.time()
         stages[pre_stage] = _run_stage(pre_stage, params, pre_step, recipe.optim, len(tr_idx), recipe.seed,
-                                       state_path, modules, max_steps, progress, resume_state, dist_info=di)
+                                       state_path, modules, max_steps, progress, resume_state,
+                                       extra={"recipe": recipe.to_dict()}, dist_info=di)
         stages[pre_stage]["seconds"] = round(time.time() - t0, 2)
         if recipe.bn_stats == "clean":
             t0 = time.time()
@@ -424,7 +453,7 @@ def train(
         # The pre-training log rides along in the probe checkpoints so a resumed probe still reports it.
         stages["probe"] = _run_stage("probe", list(model.get_classifier().parameters()), probe_step,
                                      recipe.probe.optim, len(tr_idx), recipe.seed, state_path, probe_modules,
-                                     max_steps, progress, probe_resume, extra={"pre_history": pre_history},
+                                     max_steps, progress, probe_resume, extra={"pre_history": pre_history, "recipe": recipe.to_dict()},
                                      dist_info=di)
         stages["probe"]["seconds"] = round(time.time() - t0, 2)
         for p in model.parameters():
