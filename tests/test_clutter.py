@@ -189,7 +189,7 @@ def test_fresh_clutter_keeps_the_digit_and_redraws_everything_else() -> None:
     assert torch.equal(a, fresh(rows, torch.Generator().manual_seed(0)))  # seeded
     assert not torch.equal(a, b)
     # The draws behind one call, rebuilt with compose: the digit whole in its box, fragments from the pool only.
-    u = torch.rand(40, 20, generator=torch.Generator().manual_seed(0), dtype=torch.float64).numpy()
+    u = torch.rand(40, clutter.DRAWS, generator=torch.Generator().manual_seed(0), dtype=torch.float64).numpy()
     g = clutter.compose(fresh.digits[:40], fresh.rank[:40], fresh.pool, u)
     assert np.array_equal(g.images, a.numpy())
     for i in range(40):
@@ -198,7 +198,7 @@ def test_fresh_clutter_keeps_the_digit_and_redraws_everything_else() -> None:
     assert set(g.sources.ravel().tolist()) <= set(ids.tolist())
     assert (g.sources != ids[:40, None]).all()
     # Two views share the digit and (almost surely) nothing else: different places and fragments.
-    u2 = torch.rand(40, 20, generator=torch.Generator().manual_seed(1), dtype=torch.float64).numpy()
+    u2 = torch.rand(40, clutter.DRAWS, generator=torch.Generator().manual_seed(1), dtype=torch.float64).numpy()
     g2 = clutter.compose(fresh.digits[:40], fresh.rank[:40], fresh.pool, u2)
     assert (g.digit_pos != g2.digit_pos).any(1).mean() > 0.9
     assert (g.sources != g2.sources).all(1).mean() > 0.9

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["CANVAS", "FRAGMENT", "INK_THRESHOLD", "MASK_KINDS", "N_FRAGMENTS", "VERSION", "ClutterSplit",
+__all__ = ["CANVAS", "DRAWS", "FRAGMENT", "INK_THRESHOLD", "MASK_KINDS", "N_FRAGMENTS", "VERSION", "ClutterSplit",
            "FragmentPool", "compose", "content_sha256", "generate_split"]
 
 #: Generator version: bumped whenever a generated pixel, label or mask could change.
@@ -46,7 +46,8 @@ FRAGMENT_INK_LEVEL = 0.3
 INK_THRESHOLD = 0.1
 #: Ground-truth kinds, the default first.
 MASK_KINDS = ("box", "ink")
-_DRAWS = 2 + 3 * N_FRAGMENTS
+#: Uniforms drawn per sample (digit row and column, then source, cut and paste per fragment).
+DRAWS = 2 + 3 * N_FRAGMENTS
 
 
 @dataclass(frozen=True, eq=False)
@@ -72,8 +73,8 @@ class ClutterSplit:
 
 def _uniforms(seed: int, ids: np.ndarray) -> np.ndarray:
     """(N, 20) float64 uniforms in [0, 1), row i from the generator seeded by (seed, ids[i])."""
-    return np.stack([np.random.default_rng([seed, int(i)]).random(_DRAWS) for i in ids]) if len(ids) else \
-        np.zeros((0, _DRAWS))
+    return np.stack([np.random.default_rng([seed, int(i)]).random(DRAWS) for i in ids]) if len(ids) else \
+        np.zeros((0, DRAWS))
 
 
 def _pick(valid_cumsum: np.ndarray, rows: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -115,12 +116,14 @@ class FragmentPool:
         ids: (M,) int64 sample ids, ascending.
         digits: (M, 28, 28) float32 digits in id order.
         inky: (M, 20·20) bool: whether each 9 x 9 window (top-left positions, row-major) has ink.
+        inky_cumsum: Running count of ``inky`` along each row (what :func:`compose` picks windows with).
         eligible: Positions (in id order) of the images with at least one inked window.
     """
 
     ids: np.ndarray
     digits: np.ndarray
     inky: np.ndarray
+    inky_cumsum: np.ndarray
     eligible: np.ndarray
 
     @classmethod
@@ -138,7 +141,8 @@ class FragmentPool:
         eligible = np.flatnonzero(inky.any(1))
         if len(eligible) < 2:
             raise ValueError("fewer than two images of the split have a 9 x 9 window with ink; no clutter possible")
-        return cls(ids=ids[order].astype(np.int64), digits=digits[order], inky=inky, eligible=eligible)
+        return cls(ids=ids[order].astype(np.int64), digits=digits[order], inky=inky,
+                   inky_cumsum=inky.cumsum(1, dtype=np.int32), eligible=eligible)
 
     def rank(self, ids: np.ndarray) -> np.ndarray:
         """Position of each sample id in the pool, -1 for ids not in it."""
@@ -198,7 +202,7 @@ def compose(digits: np.ndarray, self_rank: np.ndarray, pool: FragmentPool, u: np
     k = k + (is_eligible[:, None] & (k >= own[:, None]))  # skip the sample itself
     src_rank = eligible[k]  # (N, 6) positions in id order
     # Cut position: uniform over the source's windows with ink, row-major.
-    cut = _pick(pool.inky.cumsum(1, dtype=np.int32), src_rank.ravel(), frag_u[:, :, 1].ravel())
+    cut = _pick(pool.inky_cumsum, src_rank.ravel(), frag_u[:, :, 1].ravel())
     cut_pos = np.stack(np.divmod(cut, d - f + 1), axis=-1).reshape(n, N_FRAGMENTS, 2)
     # Paste position: uniform over the top-left positions whose square misses the digit's box (rows or columns
     # disjoint); there are always some, since the box leaves a free band of at least 14 pixels on some side.

@@ -246,8 +246,6 @@ class _FreshClutter:
     itself; the 20 uniforms per image are drawn from the stage's generator, so a resumed run repeats them.
     """
 
-    _DRAWS = 2 + 3 * clutter.N_FRAGMENTS
-
     def __init__(self, train_full: ImageDataset, tr_idx: np.ndarray) -> None:
         digits = clutter_digits(train_full)[tr_idx]
         ids = train_full.indices.numpy()[tr_idx]
@@ -257,7 +255,7 @@ class _FreshClutter:
 
     def __call__(self, idx: Tensor, gen: torch.Generator) -> Tensor:
         rows = idx.cpu().numpy()
-        u = torch.rand(len(rows), self._DRAWS, generator=gen, dtype=torch.float64).numpy()
+        u = torch.rand(len(rows), clutter.DRAWS, generator=gen, dtype=torch.float64).numpy()
         out = clutter.compose(self.digits[rows], self.rank[rows], self.pool, u)
         return torch.from_numpy(out.images)
 
