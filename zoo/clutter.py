@@ -115,14 +115,13 @@ class FragmentPool:
     Attributes:
         ids: (M,) int64 sample ids, ascending.
         digits: (M, 28, 28) float32 digits in id order.
-        inky: (M, 20·20) bool: whether each 9 x 9 window (top-left positions, row-major) has ink.
-        inky_cumsum: Running count of ``inky`` along each row (what :func:`compose` picks windows with).
+        inky_cumsum: (M, 20·20) running count, along each row, of the 9 x 9 windows (top-left positions,
+            row-major) that have ink (what :func:`compose` picks windows with).
         eligible: Positions (in id order) of the images with at least one inked window.
     """
 
     ids: np.ndarray
     digits: np.ndarray
-    inky: np.ndarray
     inky_cumsum: np.ndarray
     eligible: np.ndarray
 
@@ -141,7 +140,7 @@ class FragmentPool:
         eligible = np.flatnonzero(inky.any(1))
         if len(eligible) < 2:
             raise ValueError("fewer than two images of the split have a 9 x 9 window with ink; no clutter possible")
-        return cls(ids=ids[order].astype(np.int64), digits=digits[order], inky=inky,
+        return cls(ids=ids[order].astype(np.int64), digits=digits[order],
                    inky_cumsum=inky.cumsum(1, dtype=np.int32), eligible=eligible)
 
     def rank(self, ids: np.ndarray) -> np.ndarray:
