@@ -5,7 +5,10 @@ from a seeded random init at 1×28×28, loaded as ``timm:resnet18_cifar`` with a
 
 1. measures the **pass floor** in this process: the fastest bare forward (eager or channels_last, batch 64/256,
    inference mode) and the fastest bare input-gradient pass (forward + backward of the target logit, eager or
-   channels_last, batch 16/64/256) per image;
+   channels_last, batch 16/64/256) per image; and the **as-run floor**, the same passes in a fresh process under
+   the conditions ``sclzoo evaluate`` runs in (OpenMP workers that sleep between parallel regions, the model's
+   NCHW layout), so that each ratio splits into the price of those defaults and sclzoo's own overhead
+   (``bench/profile_cell.py`` then shows where one cell's time goes);
 2. runs ``sclzoo evaluate`` in a fresh process for every registered method (``--repeats`` times each) and reads the
    method's time from the result's ``run.timings_s``. A method's floor is the passes its definition needs
    (``MethodSpec.passes``: integrated gradients n_steps gradient passes per image, occlusion one forward per window
@@ -37,6 +40,7 @@ import copy
 import glob
 import json
 import math
+import os
 import resource
 import statistics
 import subprocess
@@ -72,9 +76,12 @@ DEFAULT_MAPS = ("saliency", "integrated_gradients", "gradcam")
 # --------------------------------------------------------------------------------------------------------------
 
 
+LAYOUTS = ("eager_nchw", "channels_last")
+
+
 def pass_floor(model: nn.Module, x: Tensor, target: Tensor, min_time: float,
-               log: Callable[[str], None]) -> dict[str, Any]:
-    """Seconds per image of the fastest bare forward and the fastest bare input-gradient pass."""
+               log: Callable[[str], None], layouts: tuple[str, ...] = LAYOUTS) -> dict[str, Any]:
+    """Seconds per image of the fastest bare forward and the fastest bare input-gradient pass (over ``layouts``)."""
     model_cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
 
     def tile(t: Tensor, b: int) -> Tensor:
@@ -87,6 +94,8 @@ def pass_floor(model: nn.Module, x: Tensor, target: Tensor, min_time: float,
             xb, yb = tile(x, b), tile(target, b)
             for layout, net, inp in (("eager_nchw", model, xb),
                                      ("channels_last", model_cl, xb.contiguous(memory_format=torch.channels_last))):
+                if layout not in layouts:
+                    continue
                 if kind == "forward":
                     def fn(net: nn.Module = net, inp: Tensor = inp) -> Any:
                         with torch.inference_mode():
@@ -104,6 +113,42 @@ def pass_floor(model: nn.Module, x: Tensor, target: Tensor, min_time: float,
             for k in ("forward", "gradient")}
     return {"rows": rows, "best": best, "seconds_per_forward": 1.0 / best["forward"]["images_per_s"],
             "seconds_per_gradient": 1.0 / best["gradient"]["images_per_s"]}
+
+
+def openmp_policy(env: dict[str, str] | os._Environ[str]) -> str:
+    """The OpenMP wait policy a process started with ``env`` gets (libgomp reads it once, when torch loads it)."""
+    if env.get("OMP_WAIT_POLICY"):
+        return f"OMP_WAIT_POLICY={env['OMP_WAIT_POLICY']}"
+    if env.get("GOMP_SPINCOUNT"):
+        return f"GOMP_SPINCOUNT={env['GOMP_SPINCOUNT']}"
+    return "libgomp default (spinning)"
+
+
+def as_run_floor(which: str, n: int, args: argparse.Namespace, work: Path, log: Callable[[str], None]
+                 ) -> dict[str, Any]:
+    """The pass floor under the conditions ``sclzoo evaluate`` runs in, measured in a fresh process: OpenMP workers
+    that sleep between parallel regions (the child's environment gets what :func:`sclzoo.threads.passive_openmp`
+    gives ``sclzoo evaluate``; a policy set by the user is kept) and the layout of ``--runtime torch`` (the model
+    as loaded, NCHW). The machine floor (:func:`pass_floor` in this process) takes the fastest policy and layout;
+    sclzoo / machine floor = (as-run floor / machine floor) x (sclzoo / as-run floor): the price of the defaults
+    times sclzoo's own overhead."""
+    env = dict(os.environ)
+    if not (env.get("OMP_WAIT_POLICY") or env.get("GOMP_SPINCOUNT")):
+        env["OMP_WAIT_POLICY"] = "PASSIVE"  # as sclzoo.threads.passive_openmp does for sclzoo evaluate
+    layouts = ("eager_nchw",) if args.runtime == "torch" else LAYOUTS
+    path = work / f"as_run_floor_{which}.json"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--model", which, "--n", str(n), "--threads",
+           str(args.threads), "--min-time", str(args.min_time), "--seed", str(args.seed), "--floor-json", str(path),
+           "--floor-layouts", ",".join(layouts)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    floor = json.loads(path.read_text())
+    floor["openmp"] = openmp_policy(env)
+    floor["layouts"] = list(layouts)
+    log(f"  as-run floor ({floor['openmp']}, {'/'.join(layouts)}): forward "
+        f"{1 / floor['seconds_per_forward']:.0f} img/s, gradient {1 / floor['seconds_per_gradient']:.0f} img/s")
+    return floor
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -222,15 +267,18 @@ def bench_model(which: str, args: argparse.Namespace, log: Callable[[str], None]
     log(f"== {which}: {desc}, N={n}, {args.threads} threads, batch {args.batch_size}, runtime {args.runtime}, "
         f"{args.repeats} repeats")
     floor = pass_floor(model, x, target, args.min_time, log)
+    floor["openmp"] = openmp_policy(os.environ)
     t_fwd, t_grad = floor["seconds_per_forward"], floor["seconds_per_gradient"]
 
     method_floor: dict[str, float] = {}
-    for m in methods:
-        f, g = METHODS.get(m).passes(METHODS.get(m).defaults, shape)
-        method_floor[m] = f * t_fwd + g * t_grad
-
+    run_method_floor: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="sclzoo-bench-matrix-") as tmp:
         work = Path(tmp)
+        run_floor = as_run_floor(which, n, args, work, log)
+        for m in methods:
+            f, g = METHODS.get(m).passes(METHODS.get(m).defaults, shape)
+            method_floor[m] = f * t_fwd + g * t_grad
+            run_method_floor[m] = f * run_floor["seconds_per_forward"] + g * run_floor["seconds_per_gradient"]
         margs = model_arguments(which, model, work)
         runs: dict[str, list[dict[str, Any]]] = {}
         for m in methods:
@@ -246,9 +294,10 @@ def bench_model(which: str, args: argparse.Namespace, log: Callable[[str], None]
     for m in methods:
         f, g = METHODS.get(m).passes(METHODS.get(m).defaults, shape)
         st = _stats([run["timings_s"][m] for run in runs[m]])
-        fl = n * method_floor[m]
+        fl, rfl = n * method_floor[m], n * run_method_floor[m]
         method_rows.append({"method": m, "forwards_per_image": f, "gradients_per_image": g, "sclzoo_s": st,
                             "floor_s": fl, "ratio": st["median"] / fl if fl > 0 else None,
+                            "as_run_floor_s": rfl, "as_run_ratio": st["median"] / rfl if rfl > 0 else None,
                             "peak_rss_bytes": max(run["peak_rss_bytes"] for run in runs[m])})
 
     cells = []
@@ -268,22 +317,26 @@ def bench_model(which: str, args: argparse.Namespace, log: Callable[[str], None]
             f, e = metric_cost(k, **call_params(params[k]))
             st = _stats([run["timings_s"][f"{m}/{k}"] for run in runs[m]])
             fl = n * (f * t_fwd + e * method_floor[m])
+            rfl = n * (f * run_floor["seconds_per_forward"] + e * run_method_floor[m])
             q = statistics.median(quantus_times[k]) if k in quantus_times else None
             cells.append({"method": m, "metric": k, "family": METRICS.get(k).family, "forwards_per_image": f,
                           "explanations_per_image": e, "sclzoo_s": st, "floor_s": fl,
-                          "ratio": st["median"] / fl if fl > 0 else None, "quantus_s": q,
+                          "ratio": st["median"] / fl if fl > 0 else None, "as_run_floor_s": rfl,
+                          "as_run_ratio": st["median"] / rfl if rfl > 0 else None, "quantus_s": q,
                           "quantus_over_sclzoo": q / st["median"] if q is not None and st["median"] > 0 else None})
     suites = {}
     for m in maps:
         mine = [c for c in cells if c["method"] == m]
         t_s = sum(c["sclzoo_s"]["median"] for c in mine)
         t_f = sum(c["floor_s"] for c in mine)
+        t_r = sum(c["as_run_floor_s"] for c in mine)
         suites[m] = {"sclzoo_s": t_s, "floor_s": t_f, "ratio": t_s / t_f if t_f > 0 else None,
+                     "as_run_floor_s": t_r, "as_run_ratio": t_s / t_r if t_r > 0 else None,
                      "peak_rss_bytes": max(run["peak_rss_bytes"] for run in runs[m])}
     return {"model": which, "model_description": desc, "n_images": n, "image_shape": list(shape),
             "threads": args.threads, "batch_size": args.batch_size, "runtime": args.runtime,
             "repeats": args.repeats, "quantus_repeats": 0 if args.skip_quantus else args.quantus_repeats,
-            "floor": floor, "methods": method_rows, "cells": cells, "suites": suites,
+            "floor": floor, "as_run_floor": run_floor, "methods": method_rows, "cells": cells, "suites": suites,
             "not_timed": {k: ("needs a ground-truth mask; no model pass" if METRICS.get(k).needs_mask
                               else "not selected") for k in untimed}}
 
@@ -304,18 +357,29 @@ def format_tables(res: dict[str, Any]) -> str:
              f"= (max−min)/median)",
              f"pass floor: forward {fl['forward']['images_per_s']:.0f} img/s ({fl['forward']['layout']}, batch "
              f"{fl['forward']['batch_size']}); gradient {fl['gradient']['images_per_s']:.0f} img/s "
-             f"({fl['gradient']['layout']}, batch {fl['gradient']['batch_size']})", ""]
-    head = f"{'method':<22}{'F/img':>6}{'G/img':>6}{'sclzoo s':>10}{'spread':>8}{'floor s':>10}{'ratio':>7}{'RSS GB':>8}"
+             f"({fl['gradient']['layout']}, batch {fl['gradient']['batch_size']}); OpenMP "
+             f"{res['floor'].get('openmp', '?')}"]
+    rf = res.get("as_run_floor")
+    if rf:
+        lines.append(f"as-run floor (as sclzoo evaluate runs: OpenMP {rf['openmp']}, {'/'.join(rf['layouts'])}): "
+                     f"forward {rf['best']['forward']['images_per_s']:.0f} img/s, gradient "
+                     f"{rf['best']['gradient']['images_per_s']:.0f} img/s; 'as-run' = sclzoo / as-run floor")
+    lines.append("")
+    head = (f"{'method':<22}{'F/img':>6}{'G/img':>6}{'sclzoo s':>10}{'spread':>8}{'floor s':>10}{'ratio':>7}"
+            f"{'as-run':>8}{'RSS GB':>8}")
     lines += [head, "-" * len(head)]
     for r in res["methods"]:
         lines.append(f"{r['method']:<22}{r['forwards_per_image']:>6}{r['gradients_per_image']:>6}"
                      f"{r['sclzoo_s']['median']:>10.3f}{r['sclzoo_s']['spread_pct']:>7.0f}%{r['floor_s']:>10.3f}"
-                     f"{_num(r['ratio'], '.2f'):>7}{r['peak_rss_bytes'] / 2**30:>8.2f}")
+                     f"{_num(r['ratio'], '.2f'):>7}{_num(r.get('as_run_ratio'), '.2f'):>8}"
+                     f"{r['peak_rss_bytes'] / 2**30:>8.2f}")
     maps = list(res["suites"])
     if not maps:
         return "\n".join(lines)
-    lines += ["", "metric × maps: sclzoo / floor (spread %); Quantus / sclzoo where Quantus has the metric"]
-    head = f"{'metric':<26}{'F':>4}{'E':>4}" + "".join(f"{m[:24]:>26}" for m in maps)
+    lines += ["", "metric × maps: sclzoo / floor (spread %) [sclzoo / as-run floor]; Quantus / sclzoo where Quantus "
+                  "has the metric"]
+    w = 34
+    head = f"{'metric':<26}{'F':>4}{'E':>4}" + "".join(f"{m[:w - 2]:>{w}}" for m in maps)
     lines += [head, "-" * len(head)]
     metrics = list(dict.fromkeys(c["metric"] for c in res["cells"]))
     by = {(c["method"], c["metric"]): c for c in res["cells"]}
@@ -325,14 +389,16 @@ def format_tables(res: dict[str, Any]) -> str:
         for m in maps:
             c = by[(m, k)]
             q = f" Q {c['quantus_over_sclzoo']:.1f}" if c["quantus_over_sclzoo"] is not None else ""
-            cell = f"{_num(c['ratio'], '.2f')} ({c['sclzoo_s']['spread_pct']:.0f}%){q}"
-            row += f"{cell:>26}"
+            ar = f" [{_num(c['as_run_ratio'], '.2f')}]" if c.get("as_run_ratio") is not None else ""
+            cell = f"{_num(c['ratio'], '.2f')} ({c['sclzoo_s']['spread_pct']:.0f}%){ar}{q}"
+            row += f"{cell:>{w}}"
         lines.append(row)
     lines.append("-" * len(head))
-    lines.append(f"{'suite (model-bound cells)':<34}" + "".join(
-        f"{_num(res['suites'][m]['ratio'], '.2f'):>26}" for m in maps))
+    suite = {m: f"{_num(res['suites'][m]['ratio'], '.2f')} [{_num(res['suites'][m].get('as_run_ratio'), '.2f')}]"
+             for m in maps}
+    lines.append(f"{'suite (model-bound cells)':<34}" + "".join(f"{suite[m]:>{w}}" for m in maps))
     lines.append(f"{'peak RSS of the evaluation':<34}" + "".join(
-        f"{res['suites'][m]['peak_rss_bytes'] / 2**30:>23.2f} GB" for m in maps))
+        f"{res['suites'][m]['peak_rss_bytes'] / 2**30:>{w - 3}.2f} GB" for m in maps))
     if res["not_timed"]:
         lines.append("not timed: " + "; ".join(f"{k} ({why})" for k, why in res["not_timed"].items()))
     return "\n".join(lines)
@@ -361,14 +427,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-time", type=float, default=0.5, help="seconds per floor configuration")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=REPO / "build" / "bench")
+    parser.add_argument("--floor-json", type=Path, default=None, help=argparse.SUPPRESS)  # as_run_floor's child
+    parser.add_argument("--floor-layouts", type=split, default=list(LAYOUTS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.quantus_repeats < 1:
         parser.error("--repeats and --quantus-repeats must be at least 1")
     torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
 
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
+
+    if args.floor_json is not None:  # only the pass floor, in this process's OpenMP policy (see as_run_floor)
+        from sclzoo.zoo.data import load_dataset
+
+        model, _ = load_bench_model(args.model, args.seed)
+        x = load_dataset("mnist5k", "test").images[:args.n or DEFAULT_N[args.model]].contiguous()
+        with torch.no_grad():
+            target = model(x).argmax(dim=1)
+        floor = pass_floor(model, x, target, args.min_time, log, tuple(args.floor_layouts))
+        args.floor_json.write_text(json.dumps(floor, indent=2) + "\n")
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
 
     for which in (["small", "resnet18"] if args.model == "all" else [args.model]):
         if which == "resnet18" and args.runtime == "onnx":

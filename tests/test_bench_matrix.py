@@ -81,7 +81,42 @@ def test_a_small_run_writes_every_cell_with_its_floor_and_spread(tmp_path: Path)
         f, e = metric_cost(name)
         assert (cell["forwards_per_image"], cell["explanations_per_image"]) == (f, e)
         assert cell["floor_s"] == pytest.approx(4 * (f * t_fwd + e * rows["saliency"]["floor_s"] / 4))
+    # the as-run floor: measured in a child whose OpenMP workers sleep, as sclzoo evaluate's do, in its layout
+    run_floor = out["as_run_floor"]
+    assert run_floor["openmp"] == "OMP_WAIT_POLICY=PASSIVE" and run_floor["layouts"] == ["eager_nchw"]
+    assert {r["layout"] for r in run_floor["rows"]} == {"eager_nchw"}
+    r_fwd, r_grad = run_floor["seconds_per_forward"], run_floor["seconds_per_gradient"]
+    sal = rows["saliency"]
+    assert sal["as_run_floor_s"] == pytest.approx(4 * r_grad)
+    assert sal["as_run_ratio"] == pytest.approx(sal["sclzoo_s"]["median"] / sal["as_run_floor_s"])
+    assert cells["max_sensitivity"]["as_run_floor_s"] == pytest.approx(4 * 16 * r_grad)
+    assert cells["deletion_auc"]["as_run_floor_s"] == pytest.approx(4 * 33 * r_fwd)
+    assert "as-run floor" in res.stdout
     assert cells["sparseness"]["ratio"] is None  # no model pass, no floor
     assert cells["max_sensitivity"]["ratio"] > 0
     assert out["suites"]["saliency"]["ratio"] > 0 and out["repeats"] == 2
     assert "pointing_game" in out["not_timed"] and "insertion_auc" in out["not_timed"]
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("policy, variable", [("passive", "OMP_WAIT_POLICY"), ("spin", "GOMP_SPINCOUNT")])
+def test_profile_cell_reports_the_cell_under_its_policy(tmp_path: Path, policy: str, variable: str) -> None:
+    script = REPO_ROOT / "bench" / "profile_cell.py"
+    cmd = [sys.executable, str(script), "--model", "small", "--n", "4", "--method", "saliency", "--metric",
+           "deletion_auc", "--policy", policy, "--repeats", "1", "--min-time", "0.05", "--json",
+           str(tmp_path / "p.json")]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=280)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads((tmp_path / "p.json").read_text())
+    assert out["policy"] == policy and variable in out["environment"]
+    f, e = metric_cost("deletion_auc")
+    t_fwd = 1 / out["floor"]["best"]["forward"]["images_per_s"]
+    t_grad = 1 / out["floor"]["best"]["gradient"]["images_per_s"]
+    assert out["metric_floor_s"]["best"] == pytest.approx(4 * (f * t_fwd + e * t_grad))
+    assert out["method_floor_s"]["best"] == pytest.approx(4 * t_grad)
+    for timing in (out["method_timing"], out["metric_timing"]):
+        assert timing["first"]["wall_s"] > 0 and timing["warm_median"]["cpu_s"] >= 0
+    ops = {t["op"] for t in out["profile"]["top"]}
+    assert any("convolution" in op for op in ops)  # the model's passes show up in the profile
+    assert "profile of one warm metric call" in res.stdout

@@ -1,0 +1,197 @@
+"""Profile of one (method, metric) cell of the bench matrix: where its time goes, under one OpenMP wait policy.
+
+``bench/bench_matrix.py`` says how far each cell is from its pass floor; this script says why, for one cell, in
+one fresh process (OpenMP reads its wait policy once, when torch loads it, so each policy needs its own process):
+
+- **the pass floor under this process's policy**: the fastest bare forward and input-gradient pass, NCHW (the
+  layout ``sclzoo evaluate --runtime torch`` runs in) and channels_last;
+- **the method and the metric as ``sclzoo evaluate`` computes them** (``attribute`` and ``compute`` on a fresh
+  ``MetricContext``, as ``evaluator/runner.py`` does): the first call and the median of ``--repeats`` further
+  ones, each with the CPU time the process got (user + system, from ``getrusage``), the cores that amounts to,
+  and the voluntary context switches (a sleeping OpenMP worker woken for a parallel region costs one);
+- **a PyTorch profile of one warm metric call**: the operators with the most self CPU time, and how much of the
+  call's wall time the operators account for (the rest is Python, captum and the metric's own bookkeeping).
+
+``--policy passive`` is what ``sclzoo evaluate`` runs with (``OMP_WAIT_POLICY=PASSIVE``, sclzoo/threads.py),
+``spin`` is libgomp's default (``GOMP_SPINCOUNT=300000``); run both and compare. Examples::
+
+    .venv/bin/python bench/profile_cell.py --model small --method saliency --metric deletion_auc --policy passive
+    .venv/bin/python bench/profile_cell.py --model small --method saliency --metric deletion_auc --policy spin
+    .venv/bin/python bench/profile_cell.py --model resnet18 --n 8 --method saliency --metric max_sensitivity
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+POLICIES = {"passive": {"OMP_WAIT_POLICY": "PASSIVE"}, "spin": {"GOMP_SPINCOUNT": "300000"}}
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="\n".join(__doc__.split("Examples::")[1:]))
+    parser.add_argument("--model", choices=["small", "resnet18"], default="small")
+    parser.add_argument("--n", type=int, default=None, help="images (default 64 for small, 8 for resnet18)")
+    parser.add_argument("--method", default="saliency")
+    parser.add_argument("--metric", default="deletion_auc")
+    parser.add_argument("--policy", choices=sorted(POLICIES), default="passive",
+                        help="OpenMP wait policy of this process (default passive, as sclzoo evaluate)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=3, help="warm calls timed after the first (default 3)")
+    parser.add_argument("--top", type=int, default=12, help="operators listed in the profile (default 12)")
+    parser.add_argument("--min-time", type=float, default=0.5, help="seconds per floor configuration")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
+    return parser.parse_args(argv)
+
+
+def _usage() -> tuple[float, float, int]:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return time.perf_counter(), ru.ru_utime + ru.ru_stime, ru.ru_nvcsw
+
+
+def measured(fn: Callable[[], Any]) -> dict[str, float]:
+    """Wall seconds, CPU seconds (all threads), cores used and voluntary context switches of one call."""
+    w0, c0, v0 = _usage()
+    fn()
+    w1, c1, v1 = _usage()
+    wall = w1 - w0
+    return {"wall_s": wall, "cpu_s": c1 - c0, "cores": (c1 - c0) / wall if wall > 0 else 0.0,
+            "voluntary_switches": v1 - v0}
+
+
+def cold_and_warm(fn: Callable[[], Any], repeats: int) -> dict[str, Any]:
+    first = measured(fn)
+    warm = [measured(fn) for _ in range(repeats)]
+    med = {k: statistics.median(w[k] for w in warm) for k in warm[0]}
+    return {"first": first, "warm_median": med, "warm_wall_s": [w["wall_s"] for w in warm]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    if "torch" in sys.modules:  # pragma: no cover - only when imported by another script
+        raise SystemExit("profile_cell.py must set the OpenMP policy before torch loads; run it as a script")
+    for var in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        os.environ.pop(var, None)
+    os.environ.update(POLICIES[args.policy])
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+
+    import torch
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_matrix import DEFAULT_N, pass_floor  # noqa: E402  (the sibling benches; not a package)
+    from bench_metrics import load_bench_model  # noqa: E402
+
+    from sclzoo.evaluator.attributions import METHODS, attribute
+    from sclzoo.evaluator.metrics import METRICS, MetricContext, compute, metric_cost
+    from sclzoo.zoo.data import load_dataset
+
+    torch.set_num_threads(args.threads)
+    METHODS.get(args.method)
+    METRICS.get(args.metric)
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    model, desc = load_bench_model(args.model, args.seed)
+    n = args.n or DEFAULT_N[args.model]
+    x = load_dataset("mnist5k", "test").images[:n].contiguous()
+    with torch.no_grad():
+        target = model(x).argmax(dim=1)
+    ids = torch.arange(n)
+    shape = tuple(int(v) for v in x.shape[1:])
+    floor = pass_floor(model, x, target, args.min_time, log)
+    nchw = {k: max(r["images_per_s"] for r in floor["rows"] if r["pass"] == k and r["layout"] == "eager_nchw")
+            for k in ("forward", "gradient")}
+
+    def explain_with(net: torch.nn.Module, xs: torch.Tensor, ys: torch.Tensor, sid: torch.Tensor) -> torch.Tensor:
+        return attribute(args.method, net, xs, ys, sample_ids=sid, seed=args.seed)
+
+    def explain(xs: torch.Tensor, ys: torch.Tensor, sid: torch.Tensor) -> torch.Tensor:
+        return explain_with(model, xs, ys, sid)
+
+    maps: dict[str, torch.Tensor] = {}
+    method = cold_and_warm(lambda: maps.__setitem__("a", explain(x, target, ids)), args.repeats)
+
+    def metric_call() -> torch.Tensor:
+        ctx = MetricContext(model=model, x=x, target=target, attributions=maps["a"], explain=explain,
+                            sample_ids=ids, seed=args.seed, batch_size=args.batch_size,
+                            explain_with=explain_with)
+        return compute(args.metric, ctx)
+
+    metric = cold_and_warm(metric_call, args.repeats)
+
+    from torch.profiler import ProfilerActivity, profile
+
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        metric_call()
+    profiled_wall = time.perf_counter() - t0
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    ops_s = sum(e.self_cpu_time_total for e in events) / 1e6
+    top = [{"op": e.key, "calls": e.count, "self_cpu_s": e.self_cpu_time_total / 1e6} for e in events[:args.top]]
+
+    f_m, g_m = METHODS.get(args.method).passes(METHODS.get(args.method).defaults, shape)
+    f_k, e_k = metric_cost(args.metric)
+
+    def floor_s(fwd: float, grad: float) -> tuple[float, float]:
+        per_method = f_m / fwd + g_m / grad
+        return n * per_method, n * (f_k / fwd + e_k * per_method)
+
+    best = (floor["best"]["forward"]["images_per_s"], floor["best"]["gradient"]["images_per_s"])
+    m_best, k_best = floor_s(*best)
+    m_nchw, k_nchw = floor_s(nchw["forward"], nchw["gradient"])
+    res = {"model": args.model, "model_description": desc, "n_images": n, "method": args.method,
+           "metric": args.metric, "policy": args.policy, "environment": POLICIES[args.policy],
+           "threads": args.threads, "torch": torch.__version__, "floor": floor, "nchw_rates": nchw,
+           "method_timing": method, "metric_timing": metric,
+           "method_floor_s": {"best": m_best, "nchw": m_nchw}, "metric_floor_s": {"best": k_best, "nchw": k_nchw},
+           "profile": {"wall_s": profiled_wall, "operators_self_cpu_s": ops_s, "top": top}}
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(res, indent=2) + "\n")
+    print(report(res))
+    return 0
+
+
+def report(r: dict[str, Any]) -> str:
+    fb = r["floor"]["best"]
+    lines = [f"{r['model']} ({r['model_description']}), {r['n_images']} images, {r['threads']} threads, OpenMP "
+             f"{r['policy']} ({', '.join(f'{k}={v}' for k, v in r['environment'].items())}), torch {r['torch']}",
+             f"pass floor here: forward {fb['forward']['images_per_s']:.0f} img/s ({fb['forward']['layout']}, batch "
+             f"{fb['forward']['batch_size']}), gradient {fb['gradient']['images_per_s']:.0f} img/s "
+             f"({fb['gradient']['layout']}, batch {fb['gradient']['batch_size']}); NCHW: forward "
+             f"{r['nchw_rates']['forward']:.0f}, gradient {r['nchw_rates']['gradient']:.0f} img/s", ""]
+    head = (f"{'call':<34}{'wall s':>9}{'cores':>7}{'vol. sw.':>10}{'floor s':>9}{'ratio':>7}{'NCHW floor s':>14}"
+            f"{'ratio':>7}")
+    lines += [head, "-" * len(head)]
+    for label, timing, fl in ((f"method {r['method']}", r["method_timing"], r["method_floor_s"]),
+                              (f"metric {r['metric']} on {r['method']}", r["metric_timing"], r["metric_floor_s"])):
+        for which in ("first", "warm_median"):
+            t = timing[which]
+            name = f"{label} ({'first' if which == 'first' else 'warm'})"
+            lines.append(f"{name[:33]:<34}{t['wall_s']:>9.3f}{t['cores']:>7.2f}{t['voluntary_switches']:>10.0f}"
+                         f"{fl['best']:>9.3f}{t['wall_s'] / fl['best']:>7.2f}{fl['nchw']:>14.3f}"
+                         f"{t['wall_s'] / fl['nchw']:>7.2f}")
+    p = r["profile"]
+    lines += ["", f"profile of one warm metric call: {p['wall_s']:.3f} s wall (with the profiler), operators' self "
+                  f"CPU {p['operators_self_cpu_s']:.3f} s",
+              f"{'operator':<44}{'calls':>8}{'self CPU s':>12}"]
+    lines += [f"{t['op'][:43]:<44}{t['calls']:>8}{t['self_cpu_s']:>12.4f}" for t in p["top"]]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
