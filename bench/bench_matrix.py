@@ -134,7 +134,9 @@ def as_run_floor(which: str, n: int, args: argparse.Namespace, work: Path, log: 
     times sclzoo's own overhead."""
     env = dict(os.environ)
     if not (env.get("OMP_WAIT_POLICY") or env.get("GOMP_SPINCOUNT")):
-        env["OMP_WAIT_POLICY"] = "PASSIVE"  # as sclzoo.threads.passive_openmp does for sclzoo evaluate
+        # what sclzoo.threads.passive_openmp does for sclzoo evaluate; not called here, because it declines once
+        # torch is loaded in *this* process, which says nothing about the child's environment
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
     layouts = ("eager_nchw",) if args.runtime == "torch" else LAYOUTS
     path = work / f"as_run_floor_{which}.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--model", which, "--n", str(n), "--threads",
