@@ -8,7 +8,8 @@ from a seeded random init at 1×28×28, loaded as ``timm:resnet18_cifar`` with a
    channels_last, batch 16/64/256) per image; and the **as-run floor**, the same passes in a fresh process under
    the conditions ``sclzoo evaluate`` runs in (OpenMP workers that sleep between parallel regions, the model's
    NCHW layout), so that each ratio splits into the price of those defaults and sclzoo's own overhead
-   (``bench/profile_cell.py`` then shows where one cell's time goes);
+   (``bench/profile_cell.py`` then shows where one cell's time goes); that process also times its first and
+   second gradient pass of one batch, the one-time cost of a process's first backward;
 2. runs ``sclzoo evaluate`` in a fresh process for every registered method (``--repeats`` times each) and reads the
    method's time from the result's ``run.timings_s``. A method's floor is the passes its definition needs
    (``MethodSpec.passes``: integrated gradients n_steps gradient passes per image, occlusion one forward per window
@@ -115,6 +116,25 @@ def pass_floor(model: nn.Module, x: Tensor, target: Tensor, min_time: float,
             "seconds_per_gradient": 1.0 / best["gradient"]["images_per_s"]}
 
 
+def first_gradient_passes(model: nn.Module, x: Tensor, target: Tensor) -> dict[str, Any]:
+    """Wall seconds of the first and the second bare input-gradient pass of one batch in this process (NCHW, as
+    loaded), made right after its first forwards, as in ``sclzoo evaluate`` (accuracy, then explanations).
+
+    The first backward through a network in a process pays one-time costs no warm floor contains (the backward
+    kernels' set-up, memory for the gradients); a method that makes one gradient pass per batch (saliency,
+    input x gradient, guided backprop) pays them in its own time, visible on small runs.
+    """
+    seconds = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        xi = x.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            torch.autograd.grad(model(xi).gather(1, target[:, None]).sum(), xi)
+        seconds.append(time.perf_counter() - t0)
+    return {"batch_size": int(x.shape[0]), "first_s": seconds[0], "second_s": seconds[1],
+            "extra_s": seconds[0] - seconds[1]}
+
+
 def openmp_policy(env: dict[str, str] | os._Environ[str]) -> str:
     """The OpenMP wait policy a process started with ``env`` gets (libgomp reads it once, when torch loads it)."""
     if env.get("OMP_WAIT_POLICY"):
@@ -148,8 +168,11 @@ def as_run_floor(which: str, n: int, args: argparse.Namespace, work: Path, log: 
     floor = json.loads(path.read_text())
     floor["openmp"] = openmp_policy(env)
     floor["layouts"] = list(layouts)
+    cold = floor["first_gradient_passes"]
     log(f"  as-run floor ({floor['openmp']}, {'/'.join(layouts)}): forward "
-        f"{1 / floor['seconds_per_forward']:.0f} img/s, gradient {1 / floor['seconds_per_gradient']:.0f} img/s")
+        f"{1 / floor['seconds_per_forward']:.0f} img/s, gradient {1 / floor['seconds_per_gradient']:.0f} img/s; "
+        f"the process's first gradient pass (batch {cold['batch_size']}) {cold['first_s']:.3f} s, the second "
+        f"{cold['second_s']:.3f} s")
     return floor
 
 
@@ -366,6 +389,11 @@ def format_tables(res: dict[str, Any]) -> str:
         lines.append(f"as-run floor (as sclzoo evaluate runs: OpenMP {rf['openmp']}, {'/'.join(rf['layouts'])}): "
                      f"forward {rf['best']['forward']['images_per_s']:.0f} img/s, gradient "
                      f"{rf['best']['gradient']['images_per_s']:.0f} img/s; 'as-run' = sclzoo / as-run floor")
+        cold = rf.get("first_gradient_passes")
+        if cold:
+            lines.append(f"  its process's first gradient pass (batch {cold['batch_size']}): {cold['first_s']:.3f} s, "
+                         f"the second {cold['second_s']:.3f} s (a one-time cost single-pass methods pay in "
+                         f"their own time)")
     lines.append("")
     head = (f"{'method':<22}{'F/img':>6}{'G/img':>6}{'sclzoo s':>10}{'spread':>8}{'floor s':>10}{'ratio':>7}"
             f"{'as-run':>8}{'RSS GB':>8}")
@@ -446,7 +474,9 @@ def main(argv: list[str] | None = None) -> int:
         x = load_dataset("mnist5k", "test").images[:args.n or DEFAULT_N[args.model]].contiguous()
         with torch.no_grad():
             target = model(x).argmax(dim=1)
+        cold = first_gradient_passes(model, x[:args.batch_size], target[:args.batch_size])
         floor = pass_floor(model, x, target, args.min_time, log, tuple(args.floor_layouts))
+        floor["first_gradient_passes"] = cold
         args.floor_json.write_text(json.dumps(floor, indent=2) + "\n")
         return 0
     args.out.mkdir(parents=True, exist_ok=True)

@@ -166,6 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _ratio(seconds: float, floor: float) -> str:
+    """``seconds / floor``, or a dash for work without model passes (complexity metrics: no floor)."""
+    return f"{seconds / floor:.2f}" if floor > 0 else "—"
+
+
 def report(r: dict[str, Any]) -> str:
     fb = r["floor"]["best"]
     lines = [f"{r['model']} ({r['model_description']}), {r['n_images']} images, {r['threads']} threads, OpenMP "
@@ -183,8 +188,8 @@ def report(r: dict[str, Any]) -> str:
             t = timing[which]
             name = f"{label} ({'first' if which == 'first' else 'warm'})"
             lines.append(f"{name[:33]:<34}{t['wall_s']:>9.3f}{t['cores']:>7.2f}{t['voluntary_switches']:>10.0f}"
-                         f"{fl['best']:>9.3f}{t['wall_s'] / fl['best']:>7.2f}{fl['nchw']:>14.3f}"
-                         f"{t['wall_s'] / fl['nchw']:>7.2f}")
+                         f"{fl['best']:>9.3f}{_ratio(t['wall_s'], fl['best']):>7}{fl['nchw']:>14.3f}"
+                         f"{_ratio(t['wall_s'], fl['nchw']):>7}")
     p = r["profile"]
     lines += ["", f"profile of one warm metric call: {p['wall_s']:.3f} s wall (with the profiler), operators' self "
                   f"CPU {p['operators_self_cpu_s']:.3f} s",

@@ -92,6 +92,10 @@ def test_a_small_run_writes_every_cell_with_its_floor_and_spread(tmp_path: Path)
     assert cells["max_sensitivity"]["as_run_floor_s"] == pytest.approx(4 * 16 * r_grad)
     assert cells["deletion_auc"]["as_run_floor_s"] == pytest.approx(4 * 33 * r_fwd)
     assert "as-run floor" in res.stdout
+    cold = run_floor["first_gradient_passes"]  # the child's first backward, before its warm floor loops
+    assert cold["batch_size"] == 4 and cold["first_s"] > 0 and cold["second_s"] > 0
+    assert cold["extra_s"] == pytest.approx(cold["first_s"] - cold["second_s"])
+    assert "first gradient pass (batch 4)" in res.stdout
     assert cells["sparseness"]["ratio"] is None  # no model pass, no floor
     assert cells["max_sensitivity"]["ratio"] > 0
     assert out["suites"]["saliency"]["ratio"] > 0 and out["repeats"] == 2

@@ -182,3 +182,50 @@ def test_leaderboard_without_verdicts_has_no_marks(tmp_path: Path) -> None:
     write_synthetic(tmp_path / "r", "ce", {"saliency": {"deletion_auc": np.linspace(0, 1, 5)}})
     md = format_markdown(build_leaderboard(tmp_path / "r"))
     assert "†" not in md and "in-domain" not in md
+
+
+def _deletion_accuracy_module() -> Any:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "deletion_accuracy.py"
+    spec = importlib.util.spec_from_file_location("deletion_accuracy", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_deletion_accuracy_measures_what_the_in_domain_record_promises(tmp_path: Path) -> None:
+    """bench/deletion_accuracy.py on the bundled CE pair: the one-cell images are single_deletion's (each cell of
+    the 4 x 4 grid set to 0 in turn), and the model trained with patch deletion keeps its accuracy on them far
+    better than the one trained without (docs/training.md#patch-deletion has the full-split table)."""
+    import torch
+
+    from sclzoo.zoo.augment import grid_cells
+    from sclzoo.zoo.data import load_dataset
+    from sclzoo.zoo.hub import load_model, resolve_model
+
+    mod = _deletion_accuracy_module()
+    standard, indomain = (str(ZOO_DIR / "models" / f"resnet8_cifar.ce_mnist5k{s}") for s in ("", "_indomain"))
+    out = tmp_path / "acc.json"
+    assert mod.main([standard, indomain, "--n", "64", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["trained_with"] for r in rows] == [None, {"grid": 4, "value": 0.0, "p": 0.25}]
+    for r in rows:
+        assert r["n"] == 64 and len(r["one_cell"]) == 16 and r["dataset"] == "mnist5k"
+        assert r["one_cell_worst"] == min(r["one_cell"]) <= r["one_cell_mean"]
+    # One cell recomputed by hand: cell 5 (row 1, column 1: pixels 7-13 x 7-13) set to 0.
+    loaded = load_model(resolve_model(indomain))
+    data = load_dataset("mnist5k", "test", prep=loaded.data_config)
+    x, y = data.images[:64], data.labels[:64]
+    x5 = x.clone()
+    x5[:, :, 7:14, 7:14] = 0.0
+    square = torch.zeros(28, 28, dtype=torch.bool)
+    square[7:14, 7:14] = True
+    assert torch.equal(grid_cells(28, 28, 4) == 5, square)
+    with torch.no_grad():
+        acc5 = float((loaded.model(x5).argmax(1) == y).float().mean())
+    assert rows[1]["one_cell"][5] == pytest.approx(acc5)
+    # In domain means the deleted images are handled: the worst cell costs the standard model far more.
+    assert rows[1]["one_cell_worst"] > rows[0]["one_cell_worst"] + 0.2
+    assert rows[1]["k_cells"] > rows[0]["k_cells"] + 0.15
