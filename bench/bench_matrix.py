@@ -80,6 +80,14 @@ DEFAULT_MAPS = ("saliency", "integrated_gradients", "gradcam")
 LAYOUTS = ("eager_nchw", "channels_last")
 
 
+def input_gradient(net: nn.Module, x: Tensor, target: Tensor) -> Tensor:
+    """One bare input-gradient pass: forward, backward of the target logits' sum, d/dx."""
+    xi = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        (g,) = torch.autograd.grad(net(xi).gather(1, target[:, None]).sum(), xi)
+    return g
+
+
 def pass_floor(model: nn.Module, x: Tensor, target: Tensor, min_time: float,
                log: Callable[[str], None], layouts: tuple[str, ...] = LAYOUTS) -> dict[str, Any]:
     """Seconds per image of the fastest bare forward and the fastest bare input-gradient pass (over ``layouts``)."""
@@ -103,10 +111,7 @@ def pass_floor(model: nn.Module, x: Tensor, target: Tensor, min_time: float,
                             return net(inp)
                 else:
                     def fn(net: nn.Module = net, inp: Tensor = inp, yb: Tensor = yb) -> Any:
-                        xi = inp.detach().requires_grad_(True)
-                        with torch.enable_grad():
-                            (g,) = torch.autograd.grad(net(xi).gather(1, yb[:, None]).sum(), xi)
-                        return g
+                        return input_gradient(net, inp, yb)
                 rate = best_rate(fn, b, min_time)
                 rows.append({"pass": kind, "layout": layout, "batch_size": b, "images_per_s": rate})
                 log(f"  floor {kind:<8} {layout:<14} batch {b:>4}: {rate:10.1f} img/s")
@@ -127,9 +132,7 @@ def first_gradient_passes(model: nn.Module, x: Tensor, target: Tensor) -> dict[s
     seconds = []
     for _ in range(2):
         t0 = time.perf_counter()
-        xi = x.detach().clone().requires_grad_(True)
-        with torch.enable_grad():
-            torch.autograd.grad(model(xi).gather(1, target[:, None]).sum(), xi)
+        input_gradient(model, x, target)
         seconds.append(time.perf_counter() - t0)
     return {"batch_size": int(x.shape[0]), "first_s": seconds[0], "second_s": seconds[1],
             "extra_s": seconds[0] - seconds[1]}
