@@ -6,9 +6,16 @@ one fresh process (OpenMP reads its wait policy once, when torch loads it, so ea
 - **the pass floor under this process's policy**: the fastest bare forward and input-gradient pass, NCHW (the
   layout ``sclzoo evaluate --runtime torch`` runs in) and channels_last;
 - **the method and the metric as ``sclzoo evaluate`` computes them** (``attribute`` and ``compute`` on a fresh
-  ``MetricContext``, as ``evaluator/runner.py`` does): the first call and the median of ``--repeats`` further
-  ones, each with the CPU time the process got (user + system, from ``getrusage``), the cores that amounts to,
+  ``MetricContext``, as ``evaluator/runner.py`` does, with one run's ``shared`` store, so the first call pays
+  what a run pays once, e.g. ``mprt_last``'s randomised model): the first call and the median of ``--repeats``
+  further ones, each with the CPU time the process got (user + system, from ``getrusage``), the cores that amounts to,
   and the voluntary context switches (a sleeping OpenMP worker woken for a parallel region costs one);
+- **the same passes back to back**: the bare forwards and input-gradient passes the cell's floor counts, run as
+  one loop in chunks of ``--batch-size`` rows on freshly allocated inputs (NCHW, as the metric runs them), timed in
+  rounds interleaved with the method's and the metric's warm calls. The floor above is the fastest *single* call of
+  each pass; a cell is a sum of many calls, and on a machine whose calls vary (a shared VM) the typical call is
+  slower than the fastest. The ratio of a cell to this loop, round by round, is sclzoo's own overhead on the same
+  passes, with the machine's call-to-call variation taken out;
 - **a PyTorch profile of one warm metric call**: the operators with the most self CPU time, and how much of the
   call's wall time the operators account for (the rest is Python, captum and the metric's own bookkeeping).
 
@@ -46,9 +53,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--metric", default="deletion_auc")
     parser.add_argument("--policy", choices=sorted(POLICIES), default="passive",
                         help="OpenMP wait policy of this process (default passive, as sclzoo evaluate)")
+    parser.add_argument("--layout", choices=["nchw", "channels_last"], default="nchw",
+                        help="layout of the model the method and the metric use (and the bare loop): nchw as "
+                             "--runtime torch (default), channels_last as --runtime onnx explains on a CPU (forwards "
+                             "stay in PyTorch here)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3, help="warm calls timed after the first (default 3)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="interleaved rounds of (bare loop, method, metric) for the back-to-back ratio (default 5)")
     parser.add_argument("--top", type=int, default=12, help="operators listed in the profile (default 12)")
     parser.add_argument("--min-time", type=float, default=0.5, help="seconds per floor configuration")
     parser.add_argument("--seed", type=int, default=0)
@@ -78,6 +91,49 @@ def cold_and_warm(fn: Callable[[], Any], repeats: int) -> dict[str, Any]:
     return {"first": first, "warm_median": med, "warm_wall_s": [w["wall_s"] for w in warm]}
 
 
+def back_to_back(forward: Callable[[Any], Any], gradient: Callable[[Any, Any], Any], x: Any, target: Any,
+                 forwards: int, gradients: int, batch_size: int) -> Callable[[], None]:
+    """A loop of ``forwards`` bare forward rows and ``gradients`` bare input-gradient rows of ``x``'s images (tiled),
+    ``batch_size`` rows per pass, each chunk a freshly allocated tensor as a metric's perturbed inputs are."""
+    n = x.shape[0]
+
+    def rows(count: int) -> list[tuple[Any, Any]]:
+        chunks = []
+        for start in range(0, count, batch_size):
+            idx = [(start + i) % n for i in range(min(batch_size, count - start))]
+            chunks.append((x[idx], target[idx]))
+        return chunks
+
+    fwd_chunks, grad_chunks = rows(forwards), rows(gradients)
+
+    def loop() -> None:
+        for xb, _ in fwd_chunks:
+            forward(xb + 0.0)
+        for xb, yb in grad_chunks:
+            gradient(xb + 0.0, yb)
+
+    return loop
+
+
+def interleaved_rounds(calls: dict[str, Callable[[], Any]], rounds: int) -> dict[str, Any]:
+    """Wall seconds of each call in ``rounds`` rounds (one call of each per round, in order), and the round-by-round
+    ratio of every call to the first one (the bare loop), so a slow stretch of the machine hits both."""
+    seconds: dict[str, list[float]] = {k: [] for k in calls}
+    for _ in range(rounds):
+        for k, fn in calls.items():
+            t0 = time.perf_counter()
+            fn()
+            seconds[k].append(time.perf_counter() - t0)
+    base = next(iter(calls))
+    out: dict[str, Any] = {"seconds": seconds, "median_s": {k: statistics.median(v) for k, v in seconds.items()}}
+    out["ratio_to_loop"] = {
+        k: {"median": statistics.median(a / b for a, b in zip(v, seconds[base], strict=True)),
+            "min": min(a / b for a, b in zip(v, seconds[base], strict=True)),
+            "max": max(a / b for a, b in zip(v, seconds[base], strict=True))}
+        for k, v in seconds.items() if k != base}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if "torch" in sys.modules:  # pragma: no cover - only when imported by another script
@@ -90,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_matrix import DEFAULT_N, pass_floor  # noqa: E402  (the sibling benches; not a package)
+    from bench_matrix import DEFAULT_N, input_gradient, pass_floor  # noqa: E402  (the sibling benches; not a package)
     from bench_metrics import load_bench_model  # noqa: E402
 
     from sclzoo.evaluator.attributions import METHODS, attribute
@@ -115,22 +171,45 @@ def main(argv: list[str] | None = None) -> int:
     nchw = {k: max(r["images_per_s"] for r in floor["rows"] if r["pass"] == k and r["layout"] == "eager_nchw")
             for k in ("forward", "gradient")}
 
+    from sclzoo.evaluator.runner import channels_last_on_cpu
+
+    explainer = channels_last_on_cpu(model) if args.layout == "channels_last" else model
+
     def explain_with(net: torch.nn.Module, xs: torch.Tensor, ys: torch.Tensor, sid: torch.Tensor) -> torch.Tensor:
         return attribute(args.method, net, xs, ys, sample_ids=sid, seed=args.seed)
 
     def explain(xs: torch.Tensor, ys: torch.Tensor, sid: torch.Tensor) -> torch.Tensor:
-        return explain_with(model, xs, ys, sid)
+        return explain_with(explainer, xs, ys, sid)
 
     maps: dict[str, torch.Tensor] = {}
     method = cold_and_warm(lambda: maps.__setitem__("a", explain(x, target, ids)), args.repeats)
 
+    shared: dict[Any, Any] = {}  # one run's shared work, as evaluator/runner.py keeps it across batches
+
     def metric_call() -> torch.Tensor:
-        ctx = MetricContext(model=model, x=x, target=target, attributions=maps["a"], explain=explain,
+        ctx = MetricContext(model=explainer, x=x, target=target, attributions=maps["a"], explain=explain,
                             sample_ids=ids, seed=args.seed, batch_size=args.batch_size,
-                            explain_with=explain_with)
+                            explain_with=explain_with, shared=shared)
         return compute(args.metric, ctx)
 
     metric = cold_and_warm(metric_call, args.repeats)
+
+    f_m, g_m = METHODS.get(args.method).passes(METHODS.get(args.method).defaults, shape)
+    f_k, e_k = metric_cost(args.metric)
+
+    def bare_forward(xb: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return model(xb)
+
+    def bare_loop(forwards: float, gradients: float) -> Callable[[], None]:
+        return back_to_back(bare_forward, lambda xb, yb: input_gradient(explainer, xb, yb), x, target,
+                            round(n * forwards), round(n * gradients), args.batch_size)
+
+    counts = {"method": (f_m, g_m), "metric": (f_k + e_k * f_m, e_k * g_m)}
+    calls = {"method": lambda: explain(x, target, ids), "metric": metric_call}
+    rounds: dict[str, Any] = {  # a cell without model passes (complexity metrics) has no loop to compare with
+        which: interleaved_rounds({"bare loop": bare_loop(*counts[which]), which: calls[which]}, args.rounds)
+        if sum(counts[which]) > 0 else None for which in ("method", "metric")}
 
     from torch.profiler import ProfilerActivity, profile
 
@@ -143,9 +222,6 @@ def main(argv: list[str] | None = None) -> int:
     ops_s = sum(e.self_cpu_time_total for e in events) / 1e6
     top = [{"op": e.key, "calls": e.count, "self_cpu_s": e.self_cpu_time_total / 1e6} for e in events[:args.top]]
 
-    f_m, g_m = METHODS.get(args.method).passes(METHODS.get(args.method).defaults, shape)
-    f_k, e_k = metric_cost(args.metric)
-
     def floor_s(fwd: float, grad: float) -> tuple[float, float]:
         per_method = f_m / fwd + g_m / grad
         return n * per_method, n * (f_k / fwd + e_k * per_method)
@@ -154,10 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     m_best, k_best = floor_s(*best)
     m_nchw, k_nchw = floor_s(nchw["forward"], nchw["gradient"])
     res = {"model": args.model, "model_description": desc, "n_images": n, "method": args.method,
-           "metric": args.metric, "policy": args.policy, "environment": POLICIES[args.policy],
+           "metric": args.metric, "layout": args.layout, "policy": args.policy, "environment": POLICIES[args.policy],
            "threads": args.threads, "torch": torch.__version__, "floor": floor, "nchw_rates": nchw,
            "method_timing": method, "metric_timing": metric,
            "method_floor_s": {"best": m_best, "nchw": m_nchw}, "metric_floor_s": {"best": k_best, "nchw": k_nchw},
+           "back_to_back": {"rounds": args.rounds, "batch_size": args.batch_size, **rounds},
            "profile": {"wall_s": profiled_wall, "operators_self_cpu_s": ops_s, "top": top}}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -190,6 +267,21 @@ def report(r: dict[str, Any]) -> str:
             lines.append(f"{name[:33]:<34}{t['wall_s']:>9.3f}{t['cores']:>7.2f}{t['voluntary_switches']:>10.0f}"
                          f"{fl['best']:>9.3f}{_ratio(t['wall_s'], fl['best']):>7}{fl['nchw']:>14.3f}"
                          f"{_ratio(t['wall_s'], fl['nchw']):>7}")
+    b2b = r["back_to_back"]
+    lines += ["", f"the same passes back to back ({r['layout']} explanations, {b2b['batch_size']} rows per pass, fresh inputs), "
+                  f"{b2b['rounds']} rounds interleaved with the calls:",
+              f"{'call':<34}{'loop s':>9}{'loop / floor':>14}{'call s':>9}{'call / loop: median':>21}{'min':>7}"
+              f"{'max':>7}"]
+    for which, label in (("method", f"method {r['method']}"), ("metric", f"metric {r['metric']}")):
+        rr = b2b[which]
+        if rr is None:
+            lines.append(f"{label[:33]:<34}{'—':>9}  (no model passes)")
+            continue
+        q = rr["ratio_to_loop"][which]
+        loop_s = rr["median_s"]["bare loop"]
+        floor = r[f"{which}_floor_s"]["best"]
+        lines.append(f"{label[:33]:<34}{loop_s:>9.3f}{_ratio(loop_s, floor):>14}{rr['median_s'][which]:>9.3f}"
+                     f"{q['median']:>21.2f}{q['min']:>7.2f}{q['max']:>7.2f}")
     p = r["profile"]
     lines += ["", f"profile of one warm metric call: {p['wall_s']:.3f} s wall (with the profiler), operators' self "
                   f"CPU {p['operators_self_cpu_s']:.3f} s",

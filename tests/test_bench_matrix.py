@@ -108,7 +108,7 @@ def test_a_small_run_writes_every_cell_with_its_floor_and_spread(tmp_path: Path)
 def test_profile_cell_reports_the_cell_under_its_policy(tmp_path: Path, policy: str, variable: str) -> None:
     script = REPO_ROOT / "bench" / "profile_cell.py"
     cmd = [sys.executable, str(script), "--model", "small", "--n", "4", "--method", "saliency", "--metric",
-           "deletion_auc", "--policy", policy, "--repeats", "1", "--min-time", "0.05", "--json",
+           "deletion_auc", "--policy", policy, "--repeats", "1", "--rounds", "1", "--min-time", "0.05", "--json",
            str(tmp_path / "p.json")]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=280)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -124,3 +124,44 @@ def test_profile_cell_reports_the_cell_under_its_policy(tmp_path: Path, policy: 
     ops = {t["op"] for t in out["profile"]["top"]}
     assert any("convolution" in op for op in ops)  # the model's passes show up in the profile
     assert "profile of one warm metric call" in res.stdout
+    for which in ("method", "metric"):  # the same passes back to back, in rounds interleaved with the calls
+        rounds = out["back_to_back"][which]
+        assert len(rounds["seconds"]["bare loop"]) == len(rounds["seconds"][which]) == 1
+        ratio = rounds["seconds"][which][0] / rounds["seconds"]["bare loop"][0]
+        assert rounds["ratio_to_loop"][which]["median"] == pytest.approx(ratio)
+    assert "the same passes back to back (nchw explanations" in res.stdout
+
+
+def _profile_cell() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("profile_cell", REPO_ROOT / "bench" / "profile_cell.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_back_to_back_loop_makes_the_counted_passes_in_batches_on_fresh_inputs() -> None:
+    import torch
+
+    pc = _profile_cell()
+    x, target = torch.arange(5.0).view(5, 1, 1, 1), torch.arange(5)
+    seen: list[tuple[str, list[float], list[int] | None]] = []
+    loop = pc.back_to_back(lambda xb: seen.append(("f", xb.flatten().tolist(), None)),
+                           lambda xb, yb: seen.append(("g", xb.flatten().tolist(), yb.tolist())),
+                           x, target, forwards=7, gradients=3, batch_size=4)
+    loop()
+    assert [(k, len(v)) for k, v, _ in seen] == [("f", 4), ("f", 3), ("g", 3)]  # 7 forward rows, 3 gradient rows
+    assert seen[1][1] == [4.0, 0.0, 1.0]  # the images tiled in order
+    assert seen[2][1] == [0.0, 1.0, 2.0] and seen[2][2] == [0, 1, 2]  # each row with its own target
+    seen.clear()
+    loop()
+    assert len(seen) == 3  # the same loop again
+
+
+def test_interleaved_rounds_ratio_is_taken_round_by_round(monkeypatch: pytest.MonkeyPatch) -> None:
+    pc = _profile_cell()
+    ticks = iter([0.0, 1.0, 1.0, 3.0, 3.0, 5.0, 5.0, 6.0])  # loop 1 s, call 2 s; then loop 2 s, call 1 s
+    monkeypatch.setattr(pc.time, "perf_counter", lambda: next(ticks))
+    out = pc.interleaved_rounds({"bare loop": lambda: None, "metric": lambda: None}, 2)
+    assert out["seconds"] == {"bare loop": [1.0, 2.0], "metric": [2.0, 1.0]}
+    assert out["ratio_to_loop"]["metric"] == {"median": 1.25, "min": 0.5, "max": 2.0}

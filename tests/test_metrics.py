@@ -294,6 +294,35 @@ def test_ssim_properties() -> None:
     assert torch.isnan(ssim(torch.zeros(1, 8, 8), torch.zeros(1, 8, 8))).all()  # 0/0: undefined
 
 
+@pytest.mark.parametrize("shape", [(5, 28, 28), (3, 7, 9), (2, 4, 30), (2, 1, 5), (2, 40, 33)])
+def test_ssim_equals_the_two_dimensional_gaussian_window_by_definition(shape: tuple[int, int, int]) -> None:
+    """ssim filters with two banded matrix products; the definition is one 2-d convolution with the outer product
+    of the 1-d Gaussian window (shrunk to the largest odd size that fits), computed here pixel by pixel."""
+    gen = torch.Generator().manual_seed(sum(shape))
+    a, b = torch.rand(shape, generator=gen), torch.rand(shape, generator=gen) ** 3
+    n, h, w = shape
+    size = min(11, h, w)
+    size -= 1 - size % 2
+    c = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g1 = torch.exp(-(c**2) / (2 * 1.5**2))
+    win = torch.outer(g1, g1) / g1.sum() ** 2
+    expected = []
+    for i in range(n):
+        ai, bi = a[i].double(), b[i].double()
+        rng = max(ai.max(), bi.max()) - min(ai.min(), bi.min())
+        c1, c2 = (0.01 * rng) ** 2, (0.03 * rng) ** 2
+        vals = []
+        for r in range(h - size + 1):
+            for q in range(w - size + 1):
+                pa, pb = ai[r:r + size, q:q + size], bi[r:r + size, q:q + size]
+                ma, mb = (win * pa).sum(), (win * pb).sum()
+                va, vb = (win * pa * pa).sum() - ma**2, (win * pb * pb).sum() - mb**2
+                cov = (win * pa * pb).sum() - ma * mb
+                vals.append(((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma**2 + mb**2 + c1) * (va + vb + c2)))
+        expected.append(torch.stack(vals).mean())
+    torch.testing.assert_close(ssim(a, b), torch.stack(expected), rtol=0, atol=1e-12)
+
+
 def test_spearman_uses_average_ranks_for_ties() -> None:
     a = torch.tensor([[1.0, 2.0, 2.0, 3.0]])
     b = torch.tensor([[1.0, 2.0, 3.0, 4.0]])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["average_ranks", "pearson", "spearman", "ssim"]
@@ -46,6 +45,15 @@ def spearman(a: Tensor, b: Tensor) -> Tensor:
     return pearson(average_ranks(a.double()), average_ranks(b.double()))
 
 
+def _valid_filter_matrix(n: int, g: Tensor) -> Tensor:
+    """(n − k + 1, n) matrix whose row i holds the 1-d window ``g`` (k taps) at columns i..i+k−1: a valid
+    convolution along one axis of length n as a matrix product."""
+    k = g.numel()
+    rows = n - k + 1
+    cols = torch.arange(rows, device=g.device)[:, None] + torch.arange(k, device=g.device)[None, :]
+    return torch.zeros(rows, n, dtype=g.dtype, device=g.device).scatter_(1, cols, g.expand(rows, k))
+
+
 def ssim(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
     """Mean structural similarity (Wang et al. 2004) of two single-channel maps per sample.
 
@@ -54,24 +62,29 @@ def ssim(a: Tensor, b: Tensor, window: int = 11, sigma: float = 1.5) -> Tensor:
     ``data_range`` L = max(a, b) − min(a, b) over both maps jointly, per sample: the maps have no fixed range.
     Two identical constant maps give L = 0 and an undefined 0/0, returned as NaN.
 
+    The Gaussian window is separable, so the five local means (of a, b, a², b², ab) are two matrix products per
+    map, G_h · M · G_wᵀ, with banded matrices G: the same sums as a 2-d convolution up to float64 rounding
+    (~1e-16), and 6-17× faster on a CPU, where float64 convolutions have no fast kernel (README.md, "Speed").
+
     Shapes: (N, H, W), (N, H, W) → (N,) float64.
     """
-    a = a.double()[:, None]
-    b = b.double()[:, None]
+    a = a.double()
+    b = b.double()
     h, w = a.shape[-2:]
     size = min(window, h, w)
     size -= 1 - size % 2  # odd, so the window has a centre
     coords = torch.arange(size, dtype=torch.float64, device=a.device) - (size - 1) / 2
     g = torch.exp(-(coords**2) / (2 * sigma**2))
     g = g / g.sum()
-    kernel = (g[:, None] * g[None, :])[None, None]
     flat_a, flat_b = a.flatten(1), b.flatten(1)
     data_range = torch.maximum(flat_a.amax(1), flat_b.amax(1)) - torch.minimum(flat_a.amin(1), flat_b.amin(1))
-    c1 = ((0.01 * data_range) ** 2).view(-1, 1, 1, 1)
-    c2 = ((0.03 * data_range) ** 2).view(-1, 1, 1, 1)
-    mu_a, mu_b = F.conv2d(a, kernel), F.conv2d(b, kernel)
-    var_a = F.conv2d(a * a, kernel) - mu_a**2
-    var_b = F.conv2d(b * b, kernel) - mu_b**2
-    cov = F.conv2d(a * b, kernel) - mu_a * mu_b
+    c1 = ((0.01 * data_range) ** 2).view(-1, 1, 1)
+    c2 = ((0.03 * data_range) ** 2).view(-1, 1, 1)
+    maps = torch.stack([a, b, a * a, b * b, a * b])  # (5, N, H, W)
+    local = _valid_filter_matrix(h, g) @ maps @ _valid_filter_matrix(w, g).T
+    mu_a, mu_b, mean_aa, mean_bb, mean_ab = local.unbind(0)
+    var_a = mean_aa - mu_a**2
+    var_b = mean_bb - mu_b**2
+    cov = mean_ab - mu_a * mu_b
     ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
     return ssim_map.flatten(1).mean(dim=1)
