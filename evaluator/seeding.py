@@ -338,14 +338,29 @@ def random_subsets(
     return out
 
 
+_FILL = "fill_uninitialized_memory"
+
+
 @contextlib.contextmanager
 def deterministic_algorithms() -> Iterator[None]:
     """Runs the block with ``torch.use_deterministic_algorithms(True, warn_only=True)`` and restores the caller's
-    setting afterwards (an operation without a deterministic kernel warns instead of failing)."""
+    settings afterwards (an operation without a deterministic kernel warns instead of failing).
+
+    Deterministic mode also makes PyTorch fill every newly allocated tensor with NaN before its kernel writes it
+    (``torch.utils.deterministic.fill_uninitialized_memory``, a debugging aid against reading memory nobody wrote).
+    The block runs without that fill: it writes every activation of every pass twice, and cost 12 % of
+    ``max_sensitivity`` on the bundled ResNet-8 (README.md, "Speed"). Scores are the same bit for bit with and
+    without it for every method and metric (tests/test_seeding.py), i.e. nothing here reads unwritten memory.
+    """
+    import torch.utils.deterministic as deterministic
+
     enabled = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    fill = getattr(deterministic, _FILL)  # a property of the module object, which type checkers do not see
     torch.use_deterministic_algorithms(True, warn_only=True)
+    setattr(deterministic, _FILL, False)
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+        setattr(deterministic, _FILL, fill)

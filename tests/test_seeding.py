@@ -179,3 +179,37 @@ def test_float64_scores_are_exactly_batch_and_shard_independent(name: str) -> No
     torch.testing.assert_close(scores([[0, 1, 2], [3, 4]], 2), full, rtol=0, atol=1e-12, equal_nan=True)
     # two shards of a torchrun job (every other sample), in reverse order
     torch.testing.assert_close(scores([[4, 2, 0], [3, 1]], 3), full, rtol=0, atol=1e-12, equal_nan=True)
+
+
+@pytest.mark.integration  # every method x every metric: ~16 s on a 2-core CPU
+def test_scores_do_not_depend_on_filling_unwritten_memory() -> None:
+    """The evaluation runs without deterministic mode's NaN fill of new tensors (evaluator/seeding.py); every
+    method and every metric must give the same scores bit for bit with the fill on, i.e. read no unwritten memory."""
+    import numpy as np
+    import torch.utils.deterministic as deterministic
+    from helpers import conv_net, images
+
+    from sclzoo.evaluator.attributions import METHODS
+    from sclzoo.evaluator.config import EvalConfig
+    from sclzoo.evaluator.runner import run_evaluation
+
+    metrics = tuple(k for k in METRICS.names() if not METRICS.get(k).needs_mask)
+    cfg = EvalConfig(n_samples=4, methods=tuple(METHODS.names()), metrics=metrics, batch_size=2, seed=2)
+    x, y, ids = images(4, seed=3), torch.tensor([0, 1, 2, 0]), torch.arange(4)
+    before = deterministic.fill_uninitialized_memory
+
+    def run(fill: bool) -> dict[str, dict[str, np.ndarray]]:
+        with seeding.deterministic_algorithms():
+            assert deterministic.fill_uninitialized_memory is False and torch.are_deterministic_algorithms_enabled()
+            deterministic.fill_uninitialized_memory = fill
+            out = run_evaluation(conv_net(), x, y, ids, cfg, device=torch.device("cpu"), progress=False,
+                                 baseline_pool=images(8, seed=4))
+        assert deterministic.fill_uninitialized_memory == before  # the caller's settings come back
+        return out.scores
+
+    filled, unfilled = run(True), run(False)
+    assert set(filled) == set(METHODS.names()) and all(set(v) == set(metrics) for v in filled.values())
+    for method, per in filled.items():
+        for metric, scores in per.items():
+            assert np.isfinite(scores).any(), (method, metric)
+            assert np.array_equal(scores, unfilled[method][metric], equal_nan=True), (method, metric)
