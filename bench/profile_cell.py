@@ -11,8 +11,8 @@ one fresh process (OpenMP reads its wait policy once, when torch loads it, so ea
   further ones, each with the CPU time the process got (user + system, from ``getrusage``), the cores that amounts to,
   and the voluntary context switches (a sleeping OpenMP worker woken for a parallel region costs one);
 - **the same passes back to back**: the bare forwards and input-gradient passes the cell's floor counts, run as
-  one loop in chunks of ``--batch-size`` rows on freshly allocated inputs (NCHW, as the metric runs them), timed in
-  rounds interleaved with the method's and the metric's warm calls. The floor above is the fastest *single* call of
+  one loop in chunks of ``--batch-size`` rows on freshly allocated inputs, on the model the cell uses (``--layout``),
+  timed in rounds interleaved with the method's and the metric's warm calls. The floor above is the fastest *single* call of
   each pass; a cell is a sum of many calls, and on a machine whose calls vary (a shared VM) the typical call is
   slower than the fastest. The ratio of a cell to this loop, round by round, is sclzoo's own overhead on the same
   passes, with the machine's call-to-call variation taken out;
@@ -126,11 +126,11 @@ def interleaved_rounds(calls: dict[str, Callable[[], Any]], rounds: int) -> dict
             seconds[k].append(time.perf_counter() - t0)
     base = next(iter(calls))
     out: dict[str, Any] = {"seconds": seconds, "median_s": {k: statistics.median(v) for k, v in seconds.items()}}
-    out["ratio_to_loop"] = {
-        k: {"median": statistics.median(a / b for a, b in zip(v, seconds[base], strict=True)),
-            "min": min(a / b for a, b in zip(v, seconds[base], strict=True)),
-            "max": max(a / b for a, b in zip(v, seconds[base], strict=True))}
-        for k, v in seconds.items() if k != base}
+    out["ratio_to_loop"] = {}
+    for k, v in seconds.items():
+        if k != base:
+            ratios = [a / b for a, b in zip(v, seconds[base], strict=True)]
+            out["ratio_to_loop"][k] = {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)}
     return out
 
 
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def bare_forward(xb: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            return model(xb)
+            return explainer(xb)
 
     def bare_loop(forwards: float, gradients: float) -> Callable[[], None]:
         return back_to_back(bare_forward, lambda xb, yb: input_gradient(explainer, xb, yb), x, target,
