@@ -124,7 +124,9 @@ def _recipe_rows(training: dict[str, Any]) -> list[tuple[str, str]]:
                                    + (" → BatchNorm1d (no affine)" if p.get("batchnorm") else "") + ", L2-normalised"))
         po = r["probe"]["optim"]
         rows.append(("linear probe", f"frozen encoder, {po['epochs']} epochs × {po['batch_size']}, SGD lr {po['lr']}, "
-                                     f"{po['schedule']}, augmentation {json.dumps(r['probe']['augment'])}"))
+                                     f"{po['schedule']}, augmentation {json.dumps(r['probe']['augment'])}"
+                                     + ("; trained on standardised features (training-set mean and std), folded into "
+                                        "the head's weights" if r["probe"].get("standardize") is True else "")))
     if training.get("onnx_check"):
         c = training["onnx_check"]
         rows.append(("ONNX check", f"max |Δ logits| {c['max_abs_diff_logits']:.2e} on {c['n_images']} test images, "

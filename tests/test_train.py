@@ -225,6 +225,7 @@ def _base() -> dict[str, Any]:
         ({"optim": {"epochs": 0}}, r"must be positive"),
         ({"projector_bn": "yes"}, r"recipe\.projector_bn must be true or false, got 'yes'"),
         ({"fresh_clutter": 1}, r"recipe\.fresh_clutter must be true or false, got 1"),
+        ({"probe": {"standardize": "yes"}}, r"recipe\.probe\.standardize must be true or false, got 'yes'"),
     ],
 )
 def test_bad_recipe_is_a_config_error(change: dict[str, Any], message: str) -> None:
@@ -314,3 +315,118 @@ def test_fresh_clutter_trains_on_redrawn_canvases(tmp_path: Path, monkeypatch: p
     assert not any(hash(t.numpy().tobytes()) in stored for v in seen for t in v)
     # The same ink in both views (the digit), clutter aside: a view has the digit's 28 x 28 box plus fragments.
     assert torch.all(v1.flatten(1).sum(1) > 0)
+
+
+def test_fold_standardisation_equals_the_head_on_standardised_features() -> None:
+    g = torch.Generator().manual_seed(0)
+    lin = torch.nn.Linear(5, 3)
+    trained = copy.deepcopy(lin)
+    mean = torch.randn(5, generator=g) * 10
+    std = torch.rand(5, generator=g) * 100 + 0.01
+    h = torch.randn(64, 5, generator=g) * std + mean
+    train_mod.fold_standardisation(lin, mean, std)
+    torch.testing.assert_close(lin(h), trained((h - mean) / std), rtol=1e-5, atol=1e-4)
+
+
+def test_feature_stats_centre_but_do_not_scale_constant_features() -> None:
+    class Enc(torch.nn.Module):  # pooled "features": the image's mean and a channel that never fires
+        def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+        def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+            m = x.mean(dim=(1, 2, 3))
+            return torch.stack([m * 3 + 1, torch.zeros_like(m)], 1)
+
+    x = torch.rand(10, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    mean, std, n_constant = train_mod.feature_stats(Enc(), x, batch_size=3)
+    f = x.mean(dim=(1, 2, 3)).double() * 3 + 1
+    torch.testing.assert_close(mean, torch.tensor([f.mean(), 0.0]).float())
+    torch.testing.assert_close(std, torch.tensor([f.std(unbiased=False), 1.0]).float())
+    assert n_constant == 1
+
+
+def test_standardised_probe_trains_on_standardised_features_and_exports_one_linear(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/training.md#standardised-probe: only the head changes; the head trained is the exported one, folded."""
+    seen: dict[str, Any] = {}
+    real = train_mod.fold_standardisation
+
+    def spy(linear: torch.nn.Linear, mean: torch.Tensor, std: torch.Tensor) -> None:
+        seen.update(before=copy.deepcopy(linear), mean=mean.clone(), std=std.clone())
+        real(linear, mean, std)
+
+    monkeypatch.setattr(train_mod, "fold_standardisation", spy)
+    probe = {**_recipe("simclr").to_dict()["probe"], "standardize": True}
+    out = _run(_recipe("simclr", probe=probe), tmp_path / "std")
+    plain = _run(_recipe("simclr"), tmp_path / "plain")
+    rec = out.record
+    assert rec["recipe"]["probe"]["standardize"] is True and "standardize" not in plain.record["recipe"]["probe"]
+    info = rec["stages"]["probe"]["standardize"]
+    assert info["images"] == 1397 and info["features"] == out.model.num_features
+    # The encoder is the plain run's, bit for bit; the head is not.
+    for k, v in plain.model.state_dict().items():
+        if not k.startswith("fc."):
+            assert torch.equal(out.model.state_dict()[k], v), k
+    assert not torch.allclose(out.model.fc.weight, plain.model.fc.weight)
+    # The statistics are those of the clean training images under the final encoder.
+    from sclzoo.zoo.data import stratified_split
+    from sclzoo.zoo.models import encode
+    full = load_dataset("digits", "train")
+    tr_idx, _ = stratified_split(full.labels.numpy(), 100, 0)
+    with torch.no_grad():
+        h = encode(out.model.eval(), full.images[tr_idx]).double()
+        torch.testing.assert_close(seen["mean"], h.mean(0).float(), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(seen["std"], h.std(0, unbiased=False).float(), rtol=1e-4, atol=1e-5)
+        test = load_dataset("digits", "test").images
+        want = seen["before"]((encode(out.model, test) - seen["mean"]) / seen["std"])
+        torch.testing.assert_close(out.model(test), want, rtol=1e-4, atol=1e-4)
+    assert isinstance(out.model.fc, torch.nn.Linear)
+    assert out.record["accuracy"]["torch"]["test"] > 0.5
+
+
+def test_standardised_probe_resumes_to_the_same_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    probe = {**_recipe("simclr").to_dict()["probe"], "standardize": True}
+    recipe = _recipe("simclr", probe=probe)
+    full = _run(recipe, tmp_path / "full")
+    with monkeypatch.context() as m:
+        _interrupt_after(m, "probe", 1)
+        with pytest.raises(_Killed):
+            _run(recipe, tmp_path / "cut")
+    resumed = _run(recipe, tmp_path / "cut", resume=True)
+    _assert_same_weights(resumed, full)
+    assert resumed.record["stages"]["probe"]["standardize"]["features"] == full.model.num_features
+
+
+def _probe_replay_module() -> Any:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "probe_replay.py"
+    spec = importlib.util.spec_from_file_location("probe_replay", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.integration
+def test_probe_replay_rebuilds_the_trained_model_and_replays_its_probe(tmp_path: Path) -> None:
+    """bench/probe_replay.py (docs/training.md#standardised-probe) on a `sclzoo train --out` folder."""
+    import json
+
+    from sclzoo.zoo.train import save_checkpoint
+
+    mod = _probe_replay_module()
+    ckpt = save_checkpoint(_run(_recipe("simclr", seed=3), tmp_path / "work"), tmp_path / "simclr")
+    out = tmp_path / "replay.json"
+    assert mod.main([str(ckpt), "--draws", "2", "--epochs", "3", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    # The rebuilt model is the trained one: its test accuracy is the record's (same 397 digits test images).
+    assert row["trained_probe"] == pytest.approx(row["record_test_accuracy"], abs=1 / 397 + 1e-9)
+    assert row["seed"] == 3 and row["draws"] == 2
+    for k in ("replay_raw", "replay_standardised", "logistic_clean", "logistic_views"):
+        assert 0.3 < row[k] <= 1.0, (k, row[k])  # ten classes: chance is 0.1
+    ce = save_checkpoint(_run(_recipe("ce"), tmp_path / "work_ce", max_steps=2), tmp_path / "ce")
+    with pytest.raises(ConfigError, match="not a contrastive model with a linear probe"):
+        mod.main([str(ce)])
+    with pytest.raises(ConfigError, match="has no training.json/record.json"):
+        mod.main([str(tmp_path)])

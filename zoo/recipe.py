@@ -28,6 +28,12 @@ def _check_keys(cls: type, d: dict[str, Any], where: str) -> None:
         raise ConfigError(f"unknown key(s) {unknown} in {where}; known keys: {sorted(known)}")
 
 
+def _bool(v: Any, where: str) -> bool:
+    if not isinstance(v, bool):
+        raise ConfigError(f"{where} must be true or false, got {v!r}")
+    return v
+
+
 def _typed(cls: type, d: dict[str, Any], where: str) -> Any:
     _check_keys(cls, d, where)
     out = {}
@@ -94,6 +100,10 @@ class ProbeConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=20, lr=0.5, weight_decay=0.0,
                                                                    schedule="cosine"))
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # Train the head on standardised features (each feature's mean and std over the clean training images, frozen
+    # encoder), then fold the standardisation into the head's weights: the exported model is still encoder +
+    # Linear (docs/training.md#standardised-probe).
+    standardize: bool = False
 
 
 @dataclass(frozen=True)
@@ -187,6 +197,7 @@ class Recipe:
                 optim=_typed(OptimConfig, p.get("optim", {}), f"{where}.probe.optim")
                 if "optim" in p else ProbeConfig().optim,
                 augment=AugmentConfig.from_dict(p.get("augment", {}), f"{where}.probe.augment"),
+                standardize=_bool(p.get("standardize", False), f"{where}.probe.standardize"),
             )
         if "bn_stats" in d:
             if not isinstance(d["bn_stats"], str):
@@ -209,6 +220,8 @@ class Recipe:
             del d["fresh_clutter"]
         d["augment"] = self.augment.to_dict()
         d["probe"] = {"optim": _plain(asdict(self.probe.optim)), "augment": self.probe.augment.to_dict()}
+        if self.probe.standardize:  # absent when off, so earlier recipes keep their records
+            d["probe"]["standardize"] = True
         d["optim"] = _plain(d["optim"])
         return d
 

@@ -7,6 +7,7 @@ resumed from an epoch checkpoint ends with the same weights as an uninterrupted 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import os
@@ -32,7 +33,8 @@ from sclzoo.zoo.losses import OBJECTIVES
 from sclzoo.zoo.models import ProjectionHead, encode
 from sclzoo.zoo.recipe import OptimConfig, Recipe
 
-__all__ = ["train", "TrainOutput", "resolve_device", "accuracy", "recalibrate_batchnorm"]
+__all__ = ["train", "TrainOutput", "resolve_device", "accuracy", "recalibrate_batchnorm", "feature_stats",
+           "fold_standardisation"]
 
 CHECKPOINT = "train_state.pt"
 
@@ -113,6 +115,52 @@ def recalibrate_batchnorm(model: nn.Module, images: Tensor, batch_size: int = 50
         m.momentum = mom
     model.eval()
     return n
+
+
+@torch.no_grad()
+def feature_stats(model: nn.Module, images: Tensor, batch_size: int = 500) -> tuple[Tensor, Tensor, int]:
+    """Per-feature mean and standard deviation of the frozen encoder's pooled features over ``images``.
+
+    Computed in eval mode, in float64 over the whole set (population std). A feature that is constant on these
+    images (e.g. a channel that no image switches on) gets std 1, so it is only centred: dividing by ~0 would turn
+    a test image's small activation of it into a huge input to the head. Used by the standardised linear probe
+    (``[probe] standardize = true``, docs/training.md#standardised-probe).
+
+    Returns:
+        mean (D,), std (D,) as float32 on the model's device, and how many features were constant.
+    """
+    model.eval()
+    total: Tensor | None = None
+    sq: Tensor | None = None
+    for i in range(0, len(images), batch_size):
+        h = encode(model, images[i : i + batch_size].contiguous(memory_format=torch.channels_last)).double()
+        total = h.sum(0) if total is None else total + h.sum(0)
+        sq = (h * h).sum(0) if sq is None else sq + (h * h).sum(0)
+    if total is None or sq is None:
+        raise ConfigError("the standardised probe needs at least one training image")
+    n = len(images)
+    mean = total / n
+    var = (sq / n - mean * mean).clamp_min(0.0)
+    std = var.sqrt()
+    constant = std <= 1e-6 * max(float(std.max()), 1e-12)
+    std = torch.where(constant, torch.ones_like(std), std)
+    return mean.float(), std.float(), int(constant.sum())
+
+
+@torch.no_grad()
+def fold_standardisation(linear: nn.Linear, mean: Tensor, std: Tensor) -> None:
+    """Rewrites ``linear`` in place so that ``linear(h)`` equals its former ``linear((h - mean) / std)``.
+
+    W' = W / std (per input column), b' = b - W' mean; computed in float64.
+    """
+    w = linear.weight.double() / std.double()[None, :]
+    b = (linear.bias.double() if linear.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64,
+                                                                           device=w.device)) - w @ mean.double()
+    linear.weight.copy_(w.to(linear.weight.dtype))
+    if linear.bias is not None:
+        linear.bias.copy_(b.to(linear.bias.dtype))
+    else:
+        linear.bias = nn.Parameter(b.to(linear.weight.dtype))
 
 
 def _batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[Tensor]:
@@ -337,6 +385,16 @@ def train(
         norm_std=train_full.std,
         **recipe.model_args,
     )
+    if objective.contrastive and recipe.probe.standardize:
+        # Checked before any training: the standardisation is folded into a Linear head's weights.
+        probe_net = copy.deepcopy(model)
+        with torch.random.fork_rng(devices=[]):  # the new head's initial draws must not shift the run's
+            probe_net.reset_classifier(num_classes)
+        if not isinstance(probe_net.get_classifier(), nn.Linear):
+            raise ConfigError(f"probe.standardize needs a Linear probe head (its weights take the standardisation); "
+                              f"{recipe.arch}'s classifier is {type(probe_net.get_classifier()).__name__}: set "
+                              "standardize = false")
+        del probe_net
     projector = None
     if objective.contrastive:
         d = int(model.num_features)
@@ -434,12 +492,24 @@ def train(
         pre_history = stages[pre_stage]["history"]
 
         head = _ddp(model.get_classifier(), di, dev)
+        standardised: tuple[Tensor, Tensor] | None = None
+        standardize_info: dict[str, Any] | None = None
+        if recipe.probe.standardize:
+            # Statistics of the clean training images under the final encoder (after any BatchNorm
+            # re-estimation); a resumed probe recomputes the same ones (docs/training.md#standardised-probe).
+            t0 = time.time()
+            f_mean, f_std, n_constant = feature_stats(model, x_train)
+            standardised = (f_mean, f_std)
+            standardize_info = {"images": len(tr_idx), "features": len(f_mean), "constant_features": n_constant,
+                                "seconds": round(time.time() - t0, 2)}
 
         def probe_step(idx: Tensor, gen: torch.Generator) -> tuple[Tensor, int]:
             model.eval()
             yb = y_train[idx.to(dev)]
             with torch.no_grad():
                 h = encode(model, views(idx, gen, recipe.probe.augment, 1))
+                if standardised is not None:
+                    h = (h - standardised[0]) / standardised[1]
             logits = head(h)
             return nn.functional.cross_entropy(logits, yb), int((logits.argmax(1) == yb).sum())
 
@@ -454,6 +524,12 @@ def train(
                                      max_steps, progress, probe_resume, extra={"pre_history": pre_history, "recipe": recipe.to_dict()},
                                      dist_info=di)
         stages["probe"]["seconds"] = round(time.time() - t0, 2)
+        if standardised is not None:
+            # The exported classifier is encoder + one Linear: the standardisation goes into its weights.
+            classifier = model.get_classifier()
+            assert isinstance(classifier, nn.Linear)  # checked before the probe
+            fold_standardisation(classifier, *standardised)
+            stages["probe"]["standardize"] = standardize_info
         for p in model.parameters():
             p.requires_grad_(True)
 
