@@ -136,3 +136,15 @@ def stub_evaluate(calls: list[str], fail_when: str | None = None) -> Callable[..
         return _Res(json.loads(path.read_text()))
 
     return fake
+
+
+def load_bench(name: str) -> Any:
+    """Imports ``bench/<name>.py`` (the bench scripts are not a package) and returns the module."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

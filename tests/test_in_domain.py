@@ -14,6 +14,7 @@ from typing import Any
 import jsonschema
 import numpy as np
 import pytest
+from helpers import load_bench
 from lb_synth import write_synthetic
 
 from sclzoo.deletion import GRID_DELETION, PIXEL_DELETION, PatchDeletionConfig, deletion_in_domain
@@ -184,16 +185,6 @@ def test_leaderboard_without_verdicts_has_no_marks(tmp_path: Path) -> None:
     assert "†" not in md and "in-domain" not in md
 
 
-def _deletion_accuracy_module() -> Any:
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "bench" / "deletion_accuracy.py"
-    spec = importlib.util.spec_from_file_location("deletion_accuracy", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_deletion_accuracy_measures_what_the_in_domain_record_promises(tmp_path: Path) -> None:
     """bench/deletion_accuracy.py on the bundled CE pair: the one-cell images are single_deletion's (each cell of
@@ -205,7 +196,7 @@ def test_deletion_accuracy_measures_what_the_in_domain_record_promises(tmp_path:
     from sclzoo.zoo.data import load_dataset
     from sclzoo.zoo.hub import load_model, resolve_model
 
-    mod = _deletion_accuracy_module()
+    mod = load_bench("deletion_accuracy")
     standard, indomain = (str(ZOO_DIR / "models" / f"resnet8_cifar.ce_mnist5k{s}") for s in ("", "_indomain"))
     out = tmp_path / "acc.json"
     assert mod.main([standard, indomain, "--n", "64", "--json", str(out)]) == 0

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import load_bench
 
 import sclzoo.zoo.train as train_mod
 from sclzoo.errors import ConfigError, DatasetError, UnknownNameError
@@ -397,16 +398,6 @@ def test_standardised_probe_resumes_to_the_same_weights(tmp_path: Path, monkeypa
     assert resumed.record["stages"]["probe"]["standardize"]["features"] == full.model.num_features
 
 
-def _probe_replay_module() -> Any:
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "bench" / "probe_replay.py"
-    spec = importlib.util.spec_from_file_location("probe_replay", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.mark.integration
 def test_probe_replay_rebuilds_the_trained_model_and_replays_its_probe(tmp_path: Path) -> None:
@@ -415,7 +406,7 @@ def test_probe_replay_rebuilds_the_trained_model_and_replays_its_probe(tmp_path:
 
     from sclzoo.zoo.train import save_checkpoint
 
-    mod = _probe_replay_module()
+    mod = load_bench("probe_replay")
     ckpt = save_checkpoint(_run(_recipe("simclr", seed=3), tmp_path / "work"), tmp_path / "simclr")
     out = tmp_path / "replay.json"
     assert mod.main([str(ckpt), "--draws", "2", "--epochs", "3", "--json", str(out)]) == 0
