@@ -178,9 +178,7 @@ class Recipe:
                 kw[k] = d[k]
         for k in ("projector_bn", "fresh_clutter"):
             if k in d:
-                if not isinstance(d[k], bool):
-                    raise ConfigError(f"{where}.{k} must be true or false, got {d[k]!r}")
-                kw[k] = d[k]
+                kw[k] = _bool(d[k], f"{where}.{k}")
         for k in ("model_args", "loss"):
             if k in d:
                 if not isinstance(d[k], dict):
